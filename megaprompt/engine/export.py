@@ -1,0 +1,33 @@
+"""Gather the trainable tensors (fp32 master copies under ZeRO) and write the prompt export on rank 0."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megaprompt.engine.distributed import barrier, is_rank0
+from megaprompt.export import save_export
+
+
+def gathered_trainable(engine: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full fp32 values of every trainable parameter. Collective: every rank must call it."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        full = safe_get_full_fp32_param(p)      # ZeRO 1/2/3: the optimizer's fp32 master, all-gathered
+        if full is None:                         # no ZeRO optimizer mapping: the parameter itself is full
+            full = p.detach()
+        out[name] = full.detach().float().cpu().contiguous().clone()
+    return out
+
+
+def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    tensors = gathered_trainable(run.engine, run.model)
+    if is_rank0():
+        save_export(out_dir, tensors, run.model.spec, run.cfg.prompt, run.task.head, list(run.task.label_names),
+                    task=run.cfg.data.task, extra={"backbone_arg": run.cfg.backbone, **(extra or {})})
+    barrier()

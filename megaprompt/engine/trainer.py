@@ -1,0 +1,178 @@
+"""The training loop: steps, evaluation, best-dev export, resume checkpoints, preemption, TensorBoard.
+
+One optimizer step = ``grad_accum`` micro-batches per rank; DeepSpeed's ``engine.step()`` is called after
+every micro-batch and only updates at the accumulation boundary. The loop's state is just the global step
+(data order is a pure function of it, see ``engine.data``), the best dev metric so far and the evaluation
+history, so a checkpoint at a step boundary resumes exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megaprompt.engine import checkpoint as ckpt
+from megaprompt.engine.build import Run
+from megaprompt.engine.data import TrainStream, collate, eval_shards, gather_outputs
+from megaprompt.engine.distributed import all_true, is_rank0, log
+from megaprompt.engine.export import export_trainable
+from megaprompt.engine.tb import Board
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Dev metrics (percent). Every rank runs its shard; outputs are gathered so all ranks agree."""
+    engine, split = run.engine, run.dev
+    pad = run.tokenizer.pad_token_id
+    bs = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
+    engine.eval()
+    local: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for idx in eval_shards(len(split), bs, run.rank, run.world):
+            feats = [split.features[i] for i in idx]
+            batch = collate(feats, pad)
+            batch.pop("labels", None), batch.pop("start_positions", None), batch.pop("end_positions", None)
+            logits = engine(**_to(batch, run.device))["logits"].float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out = logits[j]
+                if run.task.head in ("tag", "span"):
+                    out = out[:len(split.features[i]["input_ids"])]   # drop batch padding
+                local[i] = out
+    outputs = gather_outputs(local, len(split))
+    engine.train()
+    return {k: float(v) for k, v in run.task.evaluate(outputs, split).items()}
+
+
+def train(run: Run) -> dict[str, Any]:
+    cfg, engine, t = run.cfg, run.engine, run.cfg.train
+    stream = TrainStream(len(run.train), t.batch_size, t.grad_accum, run.rank, run.world, t.seed)
+    eval_every = t.eval_every or stream.steps_per_epoch
+    ckpt_dir = run.out / "checkpoints"
+    primary = run.task.metric
+    state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0}
+    step = 0
+    resume_from = ckpt.find_resume(ckpt_dir, t.resume)
+    if resume_from is not None:
+        state = ckpt.load(engine, resume_from)
+        step = state.pop("step")
+        log.info("resumed from %s at step %d", resume_from, step)
+    preempt = _preemption(t.max_requeues)
+    board = Board(run)
+    pad = run.tokenizer.pad_token_id
+    start, t_last, samples, tokens, losses = time.time(), time.time(), 0, 0, []
+    final: dict[str, float] | None = None
+    stopped = "done"
+
+    from tqdm import tqdm
+    bar = tqdm(total=run.total_steps, initial=step, disable=not is_rank0(), desc="train", dynamic_ncols=True)
+    engine.train()
+    while step < run.total_steps:
+        step_loss = 0.0
+        for idx in stream.step_indices(step):
+            batch = _to(collate([run.train.features[i] for i in idx], pad), run.device)
+            loss = engine(**batch)["loss"]
+            finite = bool(torch.isfinite(loss.detach()).item())
+            if not all_true(finite):
+                raise FloatingPointError(f"non-finite training loss at step {step + 1} (rank {run.rank} loss "
+                                         f"{loss.item()}); lower --lr or use --precision fp32/bf16")
+            engine.backward(loss)
+            engine.step()
+            step_loss += loss.item() / t.grad_accum
+            samples += len(idx)
+            tokens += int(batch["attention_mask"].sum())
+        step += 1
+        losses.append(step_loss)
+        bar.update(1)
+        if step % t.log_every == 0 or step == run.total_steps:
+            dt = max(time.time() - t_last, 1e-9)
+            sps, tps = samples * run.world / dt, tokens * run.world / dt
+            board.train(step, float(np.mean(losses)), engine.get_lr()[0], _grad_norm(engine), sps, tps,
+                        peak_memory_mb(run.device))
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+            t_last, samples, tokens, losses = time.time(), 0, 0, []
+        if step % eval_every == 0 or step == run.total_steps:
+            final = evaluate(run)
+            state["history"].append({"step": step, **final})
+            board.eval(step, final)
+            improved = state["best"] is None or final[primary] > state["best"][primary]
+            if improved:
+                state["best"], state["best_step"], state["bad_evals"] = dict(final), step, 0
+                export_trainable(run, run.out / "export", extra={"step": step, "dev": final})
+            else:
+                state["bad_evals"] += 1
+            log.info("step %d | dev %s | best %s=%.2f @ %d", step, _fmt(final), primary, state["best"][primary],
+                     state["best_step"])
+            if t.early_stopping and state["bad_evals"] >= t.early_stopping:
+                stopped = f"early stopping after {state['bad_evals']} evaluations without improvement"
+                log.info(stopped)
+                break
+        if t.save_every and step % t.save_every == 0 and step < run.total_steps:
+            ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+        if preempt is not None and preempt.should_stop():
+            ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+            requeued = preempt.requeue() if is_rank0() else False
+            log.warning("preempted at step %d: checkpoint saved%s", step, ", job requeued" if requeued else "")
+            bar.close()
+            board.close()
+            return {"preempted": True, "step": step}
+    bar.close()
+    ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+    wall = time.time() - start
+    if final is None:    # resumed after the last evaluation had already happened
+        final = state["history"][-1] if state["history"] else evaluate(run)
+        final = {k: v for k, v in final.items() if k != "step"}
+    metrics = {
+        "task": cfg.data.task, "method": cfg.prompt.method, "backbone": cfg.backbone,
+        "final": final, "best": {**(state["best"] or final), "step": state["best_step"]},
+        "primary_metric": primary, "trainable_params": run.counts.trainable, "total_params": run.counts.total,
+        "trainable_ratio": run.counts.ratio, "steps": step, "wall_s": round(wall, 2),
+        "samples_per_s": round(step * t.batch_size * t.grad_accum * run.world / max(wall, 1e-9), 2),
+        "world_size": run.world, "precision": run.precision, "stopped": stopped,
+        "peak_mem_mb": round(peak_memory_mb(run.device), 1),
+    }
+    if is_rank0():
+        tmp = run.out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, run.out / "metrics.json")
+    board.hparams(metrics)
+    board.close()
+    return metrics
+
+
+def _grad_norm(engine: Any) -> float:
+    g = engine.get_global_grad_norm()
+    g = float(g) if g is not None else float("nan")
+    return g if math.isfinite(g) else float("nan")
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in m.items() if isinstance(v, (int, float)))
+
+
+def _preemption(max_requeues: int) -> Any:
+    try:
+        from megaprompt.engine.preemption import PreemptionHandler
+    except ImportError:
+        return None
+    handler = PreemptionHandler(max_requeues=max_requeues)
+    handler.install()
+    return handler
+
+
+__all__ = ["evaluate", "peak_memory_mb", "train", "Path"]

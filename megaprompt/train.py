@@ -1,0 +1,37 @@
+"""P-Tuning v2 training entry point: parse -> build -> train -> report.
+
+    deepspeed --num_gpus 2 megaprompt/train.py --ds_config ds_configs/zero3.json [--recipe R.yaml] [--flag v ...]
+
+Also runs under torchrun, srun (one task per GPU) and as a single ``python`` process.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):   # run as a script: make the repo importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from megaprompt.config import parse_args  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    from megaprompt.engine import RunError, build, train
+    from megaprompt.engine.distributed import destroy, log
+    from megaprompt.engine.report import report
+    try:
+        run = build(cfg)
+        metrics = train(run)
+        report(run, metrics)
+    except RunError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
