@@ -96,7 +96,9 @@ SlurmdTimeout=60
 MessageTimeout=20
 MailProg=/bin/true
 # Step credential lifetime; also how long a requeued job waits before it may start again (default 120 s).
-AuthInfo=cred_expire=15
+AuthInfo=cred_expire=5
+# Short scheduling passes: a requeued job becomes eligible after cred_expire and starts on the next pass.
+SchedulerParameters=sched_interval=5,bf_interval=5
 NodeName=${host} NodeAddr=127.0.0.1 NodeHostname=${host} CPUs=${ncpu} RealMemory=${real_mem} State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=${def_mem} OverSubscribe=NO
 EOF

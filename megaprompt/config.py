@@ -75,6 +75,9 @@ class TrainConfig:
     log_every: int = 10
     max_requeues: int = 3
     """Slurm: requeue on preemption at most this many times."""
+    stop_at_step: int = 0
+    """End this job after step N with a resume checkpoint, as a preemption would (0 = off); the schedule
+    still spans the whole run, so a later ``--resume auto`` continues exactly. For time-boxed jobs."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -82,7 +85,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
-        for name in ("max_steps", "eval_every", "save_every", "early_stopping", "eval_batch_size", "log_every"):
+        for name in ("max_steps", "eval_every", "save_every", "early_stopping", "eval_batch_size", "log_every",
+                     "stop_at_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
         if self.max_steps == 0 and self.epochs <= 0:

@@ -1,7 +1,8 @@
 """Submit training runs and sweeps to Slurm: ``python -m megaprompt.launch [launcher options] -- [train args]``.
 
-Launcher options (resources, sweep, preemption) come first; everything after ``--`` (and any option the
-launcher does not know) is handed to ``megaprompt/train.py`` unchanged, shell-quoted. Examples::
+Launcher options (resources, sweep, preemption) come first; everything after ``--`` is handed to
+``megaprompt/train.py`` unchanged, shell-quoted (an unknown option before ``--`` is an error, so a typo
+in a Slurm option is not silently passed to training). Examples::
 
     # one run, 2 nodes x 8 GPUs
     python -m megaprompt.launch --output_dir runs/rte --nodes 2 --gpus_per_node 8 --time 12:00:00 \
@@ -200,9 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     launcher_argv, train_args = split_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    ns, extra = parser.parse_known_args(launcher_argv)
+    ns, unknown = parser.parse_known_args(launcher_argv)
+    if unknown:
+        parser.error(f"unrecognized launcher arguments: {' '.join(unknown)} "
+                     "(training arguments go after `--`)")
     try:
-        plan = make_plan(ns, [*extra, *train_args])
+        plan = make_plan(ns, train_args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     if ns.dry_run:

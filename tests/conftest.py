@@ -14,12 +14,17 @@ Decoder configs use ``num_key_value_heads < num_attention_heads`` so grouped-que
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Tiny models: intra-op threads only add OpenMP spin-waiting (about 3x the CPU time of the whole suite on
+# 2 cores). Override with MEGAPROMPT_TEST_THREADS=N.
+torch.set_num_threads(int(os.environ.get("MEGAPROMPT_TEST_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package is used from the checkout, not installed
@@ -53,10 +58,21 @@ DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "glm4")
 FAMILIES = ENCODER_FAMILIES + DECODER_FAMILIES
 
 
+def _explicitly_parametrized(metafunc: pytest.Metafunc) -> set[str]:
+    names: set[str] = set()
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        argnames = marker.args[0] if marker.args else marker.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = argnames.split(",")
+        names.update(a.strip() for a in argnames)
+    return names
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    explicit = _explicitly_parametrized(metafunc)  # an explicit @pytest.mark.parametrize("family", ...) wins
     for arg, values in (("family", FAMILIES), ("encoder_family", ENCODER_FAMILIES),
                         ("decoder_family", DECODER_FAMILIES)):
-        if arg in metafunc.fixturenames:
+        if arg in metafunc.fixturenames and arg not in explicit:
             metafunc.parametrize(arg, values)
 
 

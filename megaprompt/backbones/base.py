@@ -27,6 +27,7 @@ class BackboneSpec:
     max_positions: int | None
     is_decoder: bool          # decoders pool the last real token and attend causally
     name: str = ""
+    embedding_size: int = 0   # width of the input word embeddings (ELECTRA/DeBERTa may differ); 0 = hidden_size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,6 +48,7 @@ def spec_from_config(config: Any, is_decoder: bool, name: str = "") -> BackboneS
         max_positions=getattr(config, "max_position_embeddings", None),
         is_decoder=is_decoder,
         name=name or getattr(config, "_name_or_path", "") or "",
+        embedding_size=getattr(config, "embedding_size", None) or config.hidden_size,
     )
 
 

@@ -13,6 +13,9 @@ touches partitioned tensors.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,16 +86,43 @@ def load_config(name: str) -> PretrainedConfig:
     return config
 
 
+def tiny_checkpoint(name: str, seed: int) -> str:
+    """A saved random-init checkpoint of a tiny config, so tiny models load exactly like pretrained ones.
+
+    Why a file and not ``from_config``: under ZeRO-3 ``from_config`` initialises each partition inside
+    ``zero.Init``, which draws different random numbers than a plain build - ZeRO-2 and ZeRO-3 runs of the
+    same seed would start from different backbones. A checkpoint makes the backbone a pure function of
+    (name, seed) for every stage and world size. Writes are atomic, so concurrent ranks are safe.
+    """
+    root = Path(os.environ.get("MEGAPROMPT_CACHE") or Path.home() / ".cache" / "megaprompt") / "tiny"
+    path = root / f"{name}-seed{seed}"
+    if (path / "config.json").is_file():
+        return str(path)
+    config = load_config(name)
+    torch.manual_seed(seed)
+    # the model class itself, not AutoModel.from_config: no zero.Init even if an HfDeepSpeedConfig is alive
+    model = AutoModel._model_mapping[type(config)](config)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    model.save_pretrained(tmp)
+    try:
+        os.rename(tmp, path)
+    except OSError:          # another rank won the race with identical content
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(path)
+
+
 def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
                   attn_implementation: str | None = None) -> tuple[torch.nn.Module, PretrainedConfig]:
-    """The bare backbone (no LM/MLM head). Tiny configs are randomly initialised from ``seed``."""
+    """The bare backbone (no LM/MLM head). Tiny configs are randomly initialised from ``seed``.
+
+    Always goes through ``from_pretrained``: with an ``HfDeepSpeedConfig`` alive that is transformers'
+    ZeRO-3 path, which partitions the weights as they are loaded.
+    """
     config = load_config(name)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if name in TINY_CONFIGS:
-        torch.manual_seed(seed)
-        model = AutoModel.from_config(config, dtype=dtype, **kw)
-    else:
-        model = AutoModel.from_pretrained(resolve(name), dtype=dtype, **kw)
+    path = tiny_checkpoint(name, seed) if name in TINY_CONFIGS else resolve(name)
+    model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
     return model, config
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from megaprompt.accounting import ParamCount, count_parameters, numel
-from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
+from megaprompt.backbones import SUPPORTED_MODEL_TYPES
 from megaprompt.costs.presets import PRESETS, preset_names
 from megaprompt.prompts.config import METHODS, REPARAMS, PromptConfig
 

@@ -19,7 +19,7 @@ import torch
 
 from megaprompt.accounting import ParamCount, count_parameters
 from megaprompt.backbones import get_adapter
-from megaprompt.backbones.load import load_backbone, load_config, load_tokenizer
+from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_config, load_tokenizer, tiny_checkpoint
 from megaprompt.config import RunConfig
 from megaprompt.engine import ds_config as dsc
 from megaprompt.engine.distributed import barrier, init_distributed, is_rank0, log, setup_logging
@@ -139,6 +139,9 @@ def build(cfg: RunConfig) -> Run:
 
     # ---- model: partitioned at construction under ZeRO-3 ----------------------------------------------------
     keep_alive: list[Any] = []
+    if cfg.backbone in TINY_CONFIGS:   # write the random-init checkpoint before ZeRO-3 hooks are armed
+        tiny_checkpoint(cfg.backbone, t.seed)
+    barrier()
     if dsc.zero_stage(ds_config) == 3:
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive.append(HfDeepSpeedConfig(ds_config))

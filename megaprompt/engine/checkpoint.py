@@ -34,9 +34,9 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.float64),
+        # (pos, has_gauss, cached_gaussian) of numpy's MT19937 state
+        "numpy_meta": torch.tensor([np_state[2], np_state[3], np_state[4]], dtype=torch.float64),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
-        "python_pos": torch.tensor([random.getstate()[1][-1]], dtype=torch.int64),
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state()
@@ -46,7 +46,7 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 def _set_rng(t: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(t["torch"])
     meta = t["numpy_meta"].tolist()
-    np.random.set_state(("MT19937", t["numpy_keys"].numpy().astype(np.uint32), int(meta[0]), meta[1]))
+    np.random.set_state(("MT19937", t["numpy_keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]), meta[2]))
     random.setstate((3, tuple(int(x) for x in t["python"].tolist()), None))
     if "cuda" in t and torch.cuda.is_available():
         torch.cuda.set_rng_state(t["cuda"])

@@ -8,7 +8,7 @@ global batch of an epoch is dropped, which keeps every rank doing the same numbe
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
     ndim = max((len(s) for s in shapes), default=1)
     # header per item: index, ndim, dims (padded to ndim), followed by the flat data of all items
     header = torch.tensor([[i, len(s)] + s + [0] * (ndim - len(s)) for i, s in zip(ids, shapes)], dtype=torch.long)
+    header = header.reshape(len(ids), 2 + ndim)
     flat = torch.from_numpy(np.concatenate([local[i].astype(np.float32).ravel() for i in ids])) if ids \
         else torch.zeros(0)
     world = dist.get_world_size()
@@ -113,3 +114,23 @@ def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
             result[row[0]] = fr[off:off + size].numpy().reshape(shape)
             off += size
     return [result[i] for i in range(n)]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def split_outputs(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], head: str, split: Any, pad_id: int,
+                  batch_size: int, rank: int, world: int, device: torch.device) -> list[np.ndarray]:
+    """Per-feature logits of a whole split, in feature order, on every rank (no grad, labels withheld)."""
+    local: dict[int, np.ndarray] = {}
+    with torch.no_grad():
+        for idx in eval_shards(len(split), batch_size, rank, world):
+            batch = collate([split.features[i] for i in idx], pad_id)
+            for key in ("labels", "start_positions", "end_positions"):
+                batch.pop(key, None)
+            logits = forward(to_device(batch, device)).float().cpu().numpy()
+            for j, i in enumerate(idx):
+                # token-level heads: drop the batch padding so each output matches its feature's length
+                local[i] = logits[j][:len(split.features[i]["input_ids"])] if head in ("tag", "span") else logits[j]
+    return gather_outputs(local, len(split))

@@ -81,6 +81,9 @@ def setup_logging(log_file: str | None = None) -> None:
         fh.setFormatter(fmt)
         log.addHandler(fh)
     # torch.distributed deprecation notices fire on every ZeRO step from inside DeepSpeed: not actionable here.
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     # DeepSpeed is chatty at INFO on every rank.
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 

@@ -29,5 +29,8 @@ def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = Non
     tensors = gathered_trainable(run.engine, run.model)
     if is_rank0():
         save_export(out_dir, tensors, run.model.spec, run.cfg.prompt, run.task.head, list(run.task.label_names),
-                    task=run.cfg.data.task, extra={"backbone_arg": run.cfg.backbone, **(extra or {})})
+                    task=run.cfg.data.task,
+                    # enough to rebuild the model: tiny random backbones are a function of the seed
+                    extra={"backbone_arg": run.cfg.backbone, "seed": run.cfg.train.seed,
+                           "max_seq_len": run.cfg.data.max_seq_len, **(extra or {})})
     barrier()

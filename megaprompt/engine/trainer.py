@@ -12,7 +12,6 @@ import math
 import os
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine.build import Run
-from megaprompt.engine.data import TrainStream, collate, eval_shards, gather_outputs
+from megaprompt.engine.data import TrainStream, collate, split_outputs, to_device
 from megaprompt.engine.distributed import all_true, is_rank0, log
 from megaprompt.engine.export import export_trainable
 from megaprompt.engine.tb import Board
@@ -32,31 +31,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def evaluate(run: Run) -> dict[str, float]:
     """Dev metrics (percent). Every rank runs its shard; outputs are gathered so all ranks agree."""
-    engine, split = run.engine, run.dev
-    pad = run.tokenizer.pad_token_id
     bs = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
-    engine.eval()
-    local: dict[int, np.ndarray] = {}
-    with torch.no_grad():
-        for idx in eval_shards(len(split), bs, run.rank, run.world):
-            feats = [split.features[i] for i in idx]
-            batch = collate(feats, pad)
-            batch.pop("labels", None), batch.pop("start_positions", None), batch.pop("end_positions", None)
-            logits = engine(**_to(batch, run.device))["logits"].float().cpu().numpy()
-            for j, i in enumerate(idx):
-                out = logits[j]
-                if run.task.head in ("tag", "span"):
-                    out = out[:len(split.features[i]["input_ids"])]   # drop batch padding
-                local[i] = out
-    outputs = gather_outputs(local, len(split))
-    engine.train()
-    return {k: float(v) for k, v in run.task.evaluate(outputs, split).items()}
+    run.engine.eval()
+    outputs = split_outputs(lambda b: run.engine(**b)["logits"], run.task.head, run.dev,
+                            run.tokenizer.pad_token_id, bs, run.rank, run.world, run.device)
+    run.engine.train()
+    return {k: float(v) for k, v in run.task.evaluate(outputs, run.dev).items()}
 
 
 def train(run: Run) -> dict[str, Any]:
@@ -85,7 +67,7 @@ def train(run: Run) -> dict[str, Any]:
     while step < run.total_steps:
         step_loss = 0.0
         for idx in stream.step_indices(step):
-            batch = _to(collate([run.train.features[i] for i in idx], pad), run.device)
+            batch = to_device(collate([run.train.features[i] for i in idx], pad), run.device)
             loss = engine(**batch)["loss"]
             finite = bool(torch.isfinite(loss.detach()).item())
             if not all_true(finite):
@@ -124,6 +106,12 @@ def train(run: Run) -> dict[str, Any]:
                 break
         if t.save_every and step % t.save_every == 0 and step < run.total_steps:
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+        if t.stop_at_step and step == t.stop_at_step and step < run.total_steps:
+            ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+            log.info("stop_at_step %d reached: checkpoint saved, continue with --resume auto", step)
+            bar.close()
+            board.close()
+            return {"preempted": True, "step": step}
         if preempt is not None and preempt.should_stop():
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
             requeued = preempt.requeue() if is_rank0() else False
@@ -175,4 +163,4 @@ def _preemption(max_requeues: int) -> Any:
     return handler
 
 
-__all__ = ["evaluate", "peak_memory_mb", "train", "Path"]
+__all__ = ["evaluate", "peak_memory_mb", "train"]

@@ -77,5 +77,6 @@ def parse_layers(spec: str | list[int], num_layers: int | None) -> list[int]:
                 from None
     bad = [i for i in idx if not 0 <= i < n]
     if bad:
-        raise ValueError(f"prompt_layers={spec!r}: layer {bad[0]} out of range for a {n}-layer backbone")
+        depth = f"for a {num_layers}-layer backbone" if num_layers is not None else "(layers count from 0)"
+        raise ValueError(f"prompt_layers={spec!r}: layer {bad[0]} out of range {depth}")
     return sorted(set(idx))

@@ -18,7 +18,8 @@ class InputPrompt(nn.Module):
     def __init__(self, cfg: PromptConfig, spec: BackboneSpec) -> None:
         super().__init__()
         self.prompt_len = cfg.prompt_len
-        self.embedding = nn.Parameter(torch.empty(cfg.prompt_len, spec.hidden_size))
+        # The width of the word embeddings it is concatenated with (ELECTRA-small: 128, not hidden 256).
+        self.embedding = nn.Parameter(torch.empty(cfg.prompt_len, spec.embedding_size or spec.hidden_size))
         with torch.no_grad():
             if cfg.init == "zero":
                 self.embedding.zero_()

@@ -39,6 +39,9 @@ _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "squad1.1": "squad", "squad2.0": "
 
 TASKS: list[str] = sorted(_REGISTRY)
 
+__all__ = ["HEAD_KINDS", "MODEL_KEYS", "TASKS", "BaseTask", "EncodedSplit", "Task", "canonical_split", "get_task",
+           "load_split"]
+
 
 def get_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
     """The task called ``name`` (case-insensitive).

@@ -1,7 +1,8 @@
 """Batched tokenization helpers and the on-disk feature cache.
 
 All helpers call the (fast, Rust) tokenizer on whole lists, never per example. Truncation is counted
-and logged. The cache stores an ``EncodedSplit`` as JSON (no pickle) under ``$MEGAPROMPT_CACHE`` or
+and logged. The cache stores an ``EncodedSplit``'s features as column arrays in ``.npz`` (no pickle)
+under ``$MEGAPROMPT_CACHE`` or
 ``~/.cache/megaprompt``, keyed by task, split, a hash of the raw examples (i.e. of the file contents),
 the tokenizer (its full serialised vocabulary/config) and ``max_seq_len``; ``MEGAPROMPT_CACHE=off`` disables it.
 """
@@ -14,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from megaprompt.tasks.base import EncodedSplit
 
@@ -114,8 +117,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     h.update(type(tokenizer).__name__.encode())
     h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
+    if backend is not None:   # truncation / padding state changes with every call: leave it out
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None), state.pop("padding", None)
+        h.update(json.dumps(state, sort_keys=True).encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     h.update(json.dumps(_model_input_names(tokenizer)).encode())
@@ -131,29 +136,83 @@ def cache_key(task: Any, split: str, examples: list[dict[str, Any]], tokenizer: 
     return f"{task.name}-{split}-{max_seq_len}-{h.hexdigest()[:20]}"
 
 
+def _pack(features: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Column-wise arrays: scalars as 1-D arrays, ragged (L,) / (L, k) lists as flat data + lengths,
+    anything else (e.g. multiple-choice (C, L) lists) as UTF-8 JSON bytes. No pickle anywhere."""
+    arrays: dict[str, np.ndarray] = {}
+    keys = list(features[0]) if features else []
+    for key in keys:
+        vals = [f.get(key) for f in features]
+        first = vals[0]
+        try:
+            if all(isinstance(v, (bool, int, float)) and not isinstance(v, bool) for v in vals):
+                arrays[f"s:{key}"] = np.asarray(vals)
+                continue
+            if all(isinstance(v, (list, tuple)) for v in vals) and (not first or not isinstance(first[0], list)
+                                                                    or len(first[0]) <= 2):
+                flat = [x for v in vals for x in v]
+                data = np.asarray(flat)
+                if data.dtype != object and (data.ndim == 1 or data.ndim == 2):
+                    arrays[f"r:{key}"] = data
+                    arrays[f"n:{key}"] = np.asarray([len(v) for v in vals], dtype=np.int64)
+                    continue
+        except (ValueError, TypeError):
+            pass
+        arrays[f"j:{key}"] = np.frombuffer(json.dumps(vals).encode("utf-8"), dtype=np.uint8)
+    return arrays
+
+
+def _unpack(arrays: Any, n: int) -> list[dict[str, Any]]:
+    features: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name in arrays.files:
+        if ":" not in name:
+            continue
+        kind, key = name.split(":", 1)
+        if kind == "s":
+            for f, v in zip(features, arrays[name].tolist()):
+                f[key] = v
+        elif kind == "r":
+            data = arrays[name].tolist()
+            lengths = arrays[f"n:{key}"].tolist()
+            pos = 0
+            for f, ln in zip(features, lengths):
+                f[key] = data[pos:pos + ln]
+                pos += ln
+        elif kind == "j":
+            for f, v in zip(features, json.loads(arrays[name].tobytes().decode("utf-8"))):
+                f[key] = v
+    return features
+
+
 def cached_encode(task: Any, split: str, examples: list[dict[str, Any]], tokenizer: Any, max_seq_len: int,
                   directory: str | Path | None = "auto") -> EncodedSplit:
-    """``task.encode`` with a JSON cache; ``directory=None`` (or ``MEGAPROMPT_CACHE=off``) disables it."""
+    """``task.encode`` with an on-disk cache (``.npz``, no pickle); ``directory=None`` or
+    ``MEGAPROMPT_CACHE=off`` disables it. Features keep their key order and Python types (lists / ints)."""
     d = cache_dir() if directory == "auto" else (Path(directory) if directory is not None else None)
     if d is None:
         return task.encode(examples, tokenizer, max_seq_len)
     key = cache_key(task, split, examples, tokenizer, max_seq_len)
-    path = d / f"{key}.json"
+    path = d / f"{key}.npz"
     if path.is_file():
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            logger.info("%s/%s: features from cache %s", task.name, split, path)
-            return EncodedSplit(features=data["features"], examples=examples, meta=data.get("meta", {}))
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(z["__header__"].tobytes().decode("utf-8"))
+                feats = _unpack(z, header["n"])
+            feats = [{k: f[k] for k in header["keys"] if k in f} for f in feats]
+            logger.info("%s/%s: %d features from cache %s", task.name, split, len(feats), path)
+            return EncodedSplit(features=feats, examples=examples, meta=header["meta"])
         except (OSError, ValueError, KeyError) as e:
             logger.warning("ignoring unreadable cache file %s (%s)", path, e)
     enc = task.encode(examples, tokenizer, max_seq_len)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"features": enc.features, "meta": enc.meta}, f, separators=(",", ":"))
+        arrays = _pack(enc.features)
+        header = {"n": len(enc.features), "keys": list(enc.features[0]) if enc.features else [], "meta": enc.meta}
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp.npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
         os.replace(tmp, path)
-    except (OSError, TypeError) as e:
+    except (OSError, TypeError, ValueError) as e:
         logger.warning("could not write feature cache %s (%s)", path, e)
     return enc

@@ -82,7 +82,8 @@ class SQuAD(BaseTask):
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         out = []
         for r in rows:
-            answers = [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])]
+            a = r["answers"]
+            answers = [{"text": t, "answer_start": s} for t, s in zip(a["text"], a["answer_start"])]
             out.append({"idx": r["id"], "id": r["id"], "title": r.get("title", ""), "question": r["question"],
                         "context": r["context"], "answers": answers, "is_impossible": not answers,
                         "label": True})
@@ -90,8 +91,8 @@ class SQuAD(BaseTask):
 
     # ------------------------------------------------------------------ encoding
     def _budget(self, max_seq_len: int, n_special: int) -> tuple[int, int]:
-        q_budget = min(self.max_query_len, max(8, max_seq_len - n_special - self.doc_stride - 1))
-        stride = min(self.doc_stride, max_seq_len - n_special - q_budget - 1)
+        q_budget = min(self.max_query_len, max(8, (max_seq_len - n_special) // 2))
+        stride = min(self.doc_stride, (max_seq_len - n_special - q_budget) // 2)   # windows must advance
         if stride < 1:
             raise ValueError(f"{self.name}: max_seq_len={max_seq_len} is too short for question + context windows")
         if stride < self.doc_stride:
@@ -144,7 +145,8 @@ class SQuAD(BaseTask):
         covered = {f["example_index"] for f in feats if f.get("start_positions", 0) > 0}
         n_missing = sum(1 for i, e in enumerate(examples) if e["answers"] and i not in covered)
         if n_missing:
-            logger.warning("%s: %d answers are not token-aligned in any window (tokenizer splits)", self.name, n_missing)
+            logger.warning("%s: %d answers are not token-aligned in any window (tokenizer splits)", self.name,
+                           n_missing)
         logger.info("%s: %d examples -> %d windows (max_seq_len=%d, stride=%d)", self.name, len(examples),
                     len(feats), max_seq_len, stride)
         return EncodedSplit(features=feats, examples=examples, meta={"task": self.name, "stride": stride})

@@ -100,10 +100,11 @@ class _SRL(TaggingTask):
         if lf.is_file():
             return [x.strip() for x in lf.read_text(encoding="utf-8").splitlines() if x.strip()]
         try:
-            train = self.load(data_dir, "train")
-        except DataError as e:
+            self.split_path(data_dir, "train")
+        except DataError as e:   # e.g. a test-only folder: labels must then come from label_names / labels.txt
             logger.warning("%s: no label set yet (%s)", self.name, e)
             return []
+        train = self.load(data_dir, "train")
         return labels_from_tags([t for e in train for t in e["tags"]])
 
     def read(self, path: Path, split: str) -> list[dict[str, Any]]:

@@ -57,7 +57,8 @@ class TaggingTask(BaseTask):
                     ids.append(index[t])
             out.append(ids)
         if unknown:
-            logger.warning("%s: %d tags outside the label set are ignored in the loss (still scored)", self.name, unknown)
+            logger.warning("%s: %d tags outside the label set are ignored in the loss (still scored)", self.name,
+                           unknown)
         return out
 
     def labelled(self, examples: list[dict[str, Any]], key: str = "tags") -> bool:  # type: ignore[override]

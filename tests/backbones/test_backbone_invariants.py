@@ -252,3 +252,30 @@ def test_prompt_layers_list_selects_layers(tiny, family):
     assert kv[0] is not None and kv[1] is None
     with pytest.raises(ValueError, match="out of range"):
         wrap(tiny, family, prompt_layers="2")
+
+
+# ---- eager inner attention (a backbone loaded with attn_implementation="eager") -------------------------
+# DeBERTa-v2 has a single (replaced) attention forward, no eager/sdpa choice.
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlm-roberta", "electra", "llama", "mistral", "qwen2",
+                                    "qwen3", "glm4"])
+def test_eager_backbone_matches_sdpa_and_returns_prefix_weights(tiny, family, capture_hidden):
+    outs, probs = {}, {}
+    for impl in ("sdpa", "eager"):
+        bb = tiny.backbone(family, attn_implementation=impl)
+        torch.manual_seed(0)
+        model = build_model(bb, PromptConfig(method="pt2", prompt_len=P, prefix_dropout=0.0), "cls", 2,
+                            head_dropout=0.0).eval()
+        assert model.holder.inner == impl
+        ids, mask = padded_batch(tiny, family)
+        outs[impl] = hidden(model, capture_hidden, ids, mask)
+        attn = attn_modules(model)[0]
+        attn.register_forward_hook(lambda m, a, out, impl=impl: probs.__setitem__(impl, out[1]))
+        hidden(model, capture_hidden, ids, mask)
+    real = mask.bool()
+    assert (outs["eager"][real] - outs["sdpa"][real]).abs().max().item() <= 1e-5
+    assert probs["sdpa"] is None
+    w = probs["eager"]                                       # (B, heads, L, P + L), rows sum to 1
+    assert w.shape == (2, tiny.config(family).num_attention_heads, 7, P + 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+    assert (w[..., :P] > 0).all()                            # every query puts weight on every prefix slot
+    assert (w[1, :, :, P + 5:] == 0).all()                   # and none on the padding of sequence 1

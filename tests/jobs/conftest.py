@@ -73,13 +73,18 @@ class Slurm:
             if len(recs) >= n_elements and all(r.get("JobState") in FINAL_STATES for r in recs):
                 return recs
             time.sleep(1)
+        # Python tasks run with PYTHONFAULTHANDLER=1 (see launch): SIGABRT makes them dump their stacks
+        # into the job log before the job is cancelled.
+        self.run("scancel", "--signal=ABRT", job_id, check=False)
+        time.sleep(3)
         self.run("scancel", job_id, check=False)
         raise TimeoutError(f"job {job_id} not finished after {timeout}s: {recs}")
 
     def launch(self, args: Sequence[str], cwd: Path = ROOT) -> str:
         """``python -m megaprompt.launch ARGS`` -> job id (from its stdout)."""
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}      # sbatch exports it to the job
         proc = subprocess.run(["python", "-m", "megaprompt.launch", *args], cwd=cwd, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"launch failed: {proc.stderr}")
         return proc.stdout.strip().splitlines()[-1]

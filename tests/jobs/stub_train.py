@@ -8,14 +8,27 @@ Writes into ``--output_dir``: ``rank<R>.json`` (argv + distributed env), ``steps
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from megaprompt.engine.preemption import PreemptionHandler  # noqa: E402
+
+def _load_handler() -> type:
+    """megaprompt/engine/preemption.py loaded by path: the same code the trainer uses, without importing
+    the engine package (deepspeed, transformers), which would make every stub rank seconds slower."""
+    path = Path(__file__).resolve().parents[2] / "megaprompt" / "engine" / "preemption.py"
+    spec = importlib.util.spec_from_file_location("megaprompt_preemption_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PreemptionHandler
+
+
+PreemptionHandler = _load_handler()
 
 ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
             "SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
@@ -30,6 +43,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--step_seconds", type=float, default=0.2)
     args, _ = p.parse_known_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     handler = PreemptionHandler(max_requeues=args.max_requeues)
     handler.install()
     rank = int(os.environ.get("RANK", "0"))

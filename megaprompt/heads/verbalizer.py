@@ -1,0 +1,90 @@
+"""Verbalizer head: the backbone's own (pretrained) MLM head scores label words at a [MASK] position
+(PET, Schick & Schuetze 2021; P-Tuning, Liu et al. 2021). P-Tuning v2 replaces this with a linear head, but
+keeps it as the comparison point; it only applies to encoders with an MLM head (BERT, RoBERTa, DeBERTa).
+
+Each label has one or more label words (single tokens; multi-token words use their first token, logged);
+a label's score is the mean log-probability of its words at the mask position. The mask position comes as
+``mask_positions`` (B,) in ``extra`` (the task's encoder puts it in each feature), or is found from
+``input_ids`` (also in ``extra``) and ``mask_token_id``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+def mlm_head_of(model: nn.Module) -> nn.Module:
+    """The hidden -> vocabulary module of a Hugging Face masked-LM model (BERT ``cls``, RoBERTa ``lm_head``,
+    DeBERTa ``cls`` / ``lm_predictions``)."""
+    for name in ("cls", "lm_head", "lm_predictions", "generator_lm_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no MLM head (expected a BERT/RoBERTa/DeBERTa *ForMaskedLM)")
+
+
+def label_word_ids(tokenizer: Any, label_words: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Token ids of each label's words, as they appear mid-sentence (leading space for BPE vocabularies)."""
+    out: list[list[int]] = []
+    for words in label_words:
+        ids = []
+        for w in words:
+            toks = (tokenizer.encode(" " + w.strip(), add_special_tokens=False)
+                    or tokenizer.encode(w, add_special_tokens=False))
+            if not toks:
+                raise ValueError(f"label word {w!r} tokenizes to nothing")
+            if len(toks) > 1:
+                logger.warning("label word %r is %d tokens; using its first", w, len(toks))
+            ids.append(toks[0])
+        out.append(ids)
+    return out
+
+
+class VerbalizerHead(nn.Module):
+    def __init__(self, mlm_head: nn.Module, word_ids: Sequence[Sequence[int]], mask_token_id: int | None = None,
+                 freeze_mlm: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not word_ids or any(not ids for ids in word_ids):
+            raise ValueError("every label needs at least one label word")
+        self.mlm = mlm_head
+        if freeze_mlm:
+            for p in self.mlm.parameters():
+                p.requires_grad_(False)
+        self.mask_token_id = mask_token_id
+        self.dropout = nn.Dropout(dropout)
+        width = max(len(ids) for ids in word_ids)
+        ids = torch.zeros(len(word_ids), width, dtype=torch.long)
+        weight = torch.zeros(len(word_ids), width)
+        for i, w in enumerate(word_ids):
+            ids[i, :len(w)] = torch.tensor(list(w))
+            weight[i, :len(w)] = 1.0 / len(w)
+        self.register_buffer("word_ids", ids, persistent=False)
+        self.register_buffer("word_weight", weight, persistent=False)
+
+    def _mask_positions(self, extra: dict[str, Any], batch: int) -> torch.Tensor:
+        pos = extra.get("mask_positions")
+        if pos is not None:
+            return torch.as_tensor(pos).view(-1).long()
+        ids = extra.get("input_ids")
+        if ids is None or self.mask_token_id is None:
+            raise ValueError("VerbalizerHead needs mask_positions, or input_ids plus mask_token_id")
+        is_mask = ids == self.mask_token_id
+        if not bool(is_mask.any(-1).all()):
+            raise ValueError("a sequence has no mask token for the verbalizer")
+        return is_mask.float().argmax(-1)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                **extra: Any) -> dict[str, torch.Tensor | None]:
+        pos = self._mask_positions(extra, hidden.shape[0]).to(hidden.device)
+        at_mask = hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]     # (B, H)
+        vocab = F.log_softmax(self.mlm(self.dropout(at_mask)).float(), dim=-1)          # (B, V)
+        picked = vocab[:, self.word_ids]                                                # (B, labels, width)
+        logits = (picked * self.word_weight).sum(-1)                                    # (B, labels)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}

@@ -1,0 +1,66 @@
+"""Helpers for engine tests: real 2-rank DeepSpeed runs (CPU accelerator, gloo) through the launcher."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN = ROOT / "megaprompt" / "train.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+             PYTHONPATH=f"{ROOT}{os.pathsep}{e.get('PYTHONPATH', '')}")
+    return e
+
+
+def launch(args: list[str], nproc: int = 2, script: Path = TRAIN, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus N script args`` - exactly what users type; fails the test with the log on error."""
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+           "--master_port", str(free_port()), str(script), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def run_ok(args: list[str], **kw) -> subprocess.CompletedProcess:
+    proc = launch(args, **kw)
+    if proc.returncode != 0:
+        pytest.fail(f"launch failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def tiny_args(out: Path, *extra: str) -> list[str]:
+    """A short, fully deterministic tiny-bert run on the demo task (dropout on: RNG must be restored too)."""
+    return ["--ds_config", str(ROOT / "ds_configs" / "zero3.json"), "--backbone", "tiny-bert", "--task", "demo",
+            "--output_dir", str(out), "--max_steps", "30", "--batch_size", "8", "--lr", "1e-2",
+            "--eval_every", "30", "--log_every", "1", "--prompt_len", "4", "--max_train_examples", "480",
+            "--seed", "7", "--precision", "fp32", *extra]
+
+
+def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    files = sorted(tb_dir.glob("events.out.tfevents.*"))
+    out: dict[int, float] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            out.update({e.step: e.value for e in acc.Scalars(tag)})
+    return sorted(out.items())
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())

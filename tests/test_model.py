@@ -1,0 +1,133 @@
+"""PromptedModel: which parameters train per method, gradient flow, pooling choice, forward plumbing."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megaprompt.model import PromptedModel, build_model
+from megaprompt.prompts import PromptConfig
+
+HEAD = {"head.out.weight", "head.out.bias"}
+EXPECTED_TRAINABLE = {
+    ("pt2", "none"): {"prompt.table"} | HEAD,
+    ("pt2", "mlp"): {"prompt.embedding", "prompt.mlp.0.weight", "prompt.mlp.0.bias", "prompt.mlp.2.weight",
+                     "prompt.mlp.2.bias"} | HEAD,
+    ("lester", "none"): {"prompt.embedding"} | HEAD,
+    ("head", "none"): HEAD,
+}
+
+
+def build(tiny, family, method, reparam="none", **kw) -> PromptedModel:
+    cfg = PromptConfig(method=method, prompt_len=3, reparam=reparam, mlp_hidden=8, prefix_dropout=0.0, **kw)
+    return build_model(tiny.backbone(family), cfg, "cls", 3, head_dropout=0.0)
+
+
+@pytest.mark.parametrize("method,reparam", sorted(EXPECTED_TRAINABLE))
+def test_exactly_prompt_and_head_train(tiny, family, method, reparam):
+    model = build(tiny, family, method, reparam)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == EXPECTED_TRAINABLE[(method, reparam)]
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+    # gradients reach exactly those parameters
+    model.train()
+    ids = tiny.ids(2, 5)
+    model(ids, torch.ones_like(ids), labels=torch.tensor([0, 2]))["loss"].backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in with_grad)
+
+
+def test_ft_trains_everything(tiny, family):
+    model = build(tiny, family, "ft")
+    names = {n for n, _ in model.named_parameters()}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == names
+    assert HEAD <= names and any(n.startswith("backbone.") for n in names)
+    assert model.prompt is None and model.holder is None
+
+
+def test_configure_trainable_resets_frozen_state(tiny):
+    model = build(tiny, "bert", "pt2")
+    model.requires_grad_(True)                  # e.g. a caller unfroze everything
+    model.configure_trainable()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == EXPECTED_TRAINABLE[("pt2", "none")]
+
+
+def test_pooling_follows_architecture(tiny, family):
+    model = build(tiny, family, "pt2")
+    assert model.head.pooling == ("last" if tiny.is_decoder(family) else "first")
+
+
+def test_classification_loss_is_cross_entropy_of_logits(tiny, family):
+    model = build(tiny, family, "pt2").eval()
+    ids = tiny.ids(3, 5)
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), labels=labels)
+    assert out["logits"].shape == (3, 3)
+    torch.testing.assert_close(out["loss"], F.cross_entropy(out["logits"], labels))
+    assert model(ids, torch.ones_like(ids))["loss"] is None
+
+
+def test_pooled_token_is_the_last_real_token_for_decoders(tiny, decoder_family):
+    """Right padding: the logits of a padded sequence equal those of the same sequence alone."""
+    model = build(tiny, decoder_family, "pt2").eval()
+    seq = tiny.ids(1, 4, seed=5)
+    ids = torch.cat([seq, torch.full((1, 2), tiny.pad_id(decoder_family))], dim=1)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        alone = model(seq, torch.ones_like(seq))["logits"]
+        padded = model(ids, mask)["logits"]
+        left = model(torch.cat([ids[:, 4:], seq], 1), torch.tensor([[0, 0, 1, 1, 1, 1]]))["logits"]
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(left, alone, rtol=0, atol=1e-5)
+
+
+def test_prefix_state_is_kept_after_forward_for_checkpoint_recompute(tiny):
+    model = build(tiny, "llama", "pt2").eval()
+    ids = tiny.ids(2, 4)
+    with torch.no_grad():
+        model(ids, torch.ones_like(ids))
+    state = model.holder.state
+    assert state is not None and len(state.kv) == 2 and state.mask is None
+    pm = torch.tensor([[True, False, True], [True, True, True]])
+    with torch.no_grad():
+        model(ids, torch.ones_like(ids), prefix_mask=pm)
+    assert model.holder.state is not state and torch.equal(model.holder.state.mask, pm)
+
+
+def test_prefix_dropout_is_active_in_training_only(tiny):
+    model = build_model(tiny.backbone("bert"), PromptConfig(method="pt2", prompt_len=3, prefix_dropout=0.5),
+                        "cls", 2, head_dropout=0.0)
+    ids = tiny.ids(2, 5)
+    mask = torch.ones_like(ids)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(ids, mask)["logits"], model(ids, mask)["logits"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c = model(ids, mask)["logits"]
+    assert not torch.allclose(a, c)
+
+
+def test_multiple_choice_inputs_are_flattened(tiny):
+    model = build(tiny, "bert", "pt2").eval()
+    ids = tiny.ids(2 * 3, 5).view(2, 3, 5)
+    with torch.no_grad():
+        flat = model(ids.flatten(0, 1), torch.ones(6, 5, dtype=torch.long))["logits"]
+        nested = model(ids, torch.ones(2, 3, 5, dtype=torch.long))["logits"]
+    torch.testing.assert_close(nested, flat)
+
+
+def test_wrapping_does_not_change_backbone_weights(tiny, family):
+    bb = tiny.backbone(family)
+    before = copy.deepcopy(bb.state_dict())
+    model = build_model(bb, PromptConfig(method="pt2", prompt_len=2), "cls", 2)
+    after = model.backbone.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
