@@ -57,6 +57,9 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     head_dropout: float = 0.1
+    hidden_dropout: float = -1.0
+    """Override the backbone's ``hidden_dropout_prob`` (the official P-tuning-v2 scripts set 0.1/0.2);
+    -1 keeps the checkpoint's value. Families without that knob (llama, qwen, ...) ignore it."""
     gradient_checkpointing: bool = False
     eval_every: int = 0
     """Evaluate every N steps (0 = once per epoch); always at the end."""
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError("set max_steps > 0 or epochs > 0")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: expected > 0")
+        if not (self.hidden_dropout == -1.0 or 0 <= self.hidden_dropout < 1):
+            raise ValueError(f"hidden_dropout={self.hidden_dropout}: expected -1 (keep) or a value in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio}: expected in [0, 1)")
         if self.resume not in ("auto", "none") and not os.path.isdir(self.resume):

@@ -47,6 +47,13 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     setup_logging()
     meta, _ = read_export(args.export)
     task = get_task(args.task or meta["task"], data_dir=args.data_dir)
+    if meta.get("label_names") and list(task.label_names) != meta["label_names"]:
+        if task.label_names:    # a fixed label set that differs: this export belongs to another task
+            raise ValueError(f"--task {task.name} has labels {task.label_names} but the export was trained with "
+                             f"{meta['label_names']}")
+        task = get_task(args.task or meta["task"], data_dir=args.data_dir, label_names=meta["label_names"])
+    if meta.get("null_threshold") is not None and hasattr(task, "null_threshold"):
+        task.null_threshold = meta["null_threshold"]
     if task.head != meta["head"]["kind"]:
         raise ValueError(f"--task {task.name} needs a {task.head!r} head but the export has "
                          f"{meta['head']['kind']!r} (trained on {meta['task']!r})")

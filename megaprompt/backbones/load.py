@@ -113,14 +113,17 @@ def tiny_checkpoint(name: str, seed: int) -> str:
 
 
 def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
-                  attn_implementation: str | None = None) -> tuple[torch.nn.Module, PretrainedConfig]:
+                  attn_implementation: str | None = None, hidden_dropout: float | None = None,
+                  ) -> tuple[torch.nn.Module, PretrainedConfig]:
     """The bare backbone (no LM/MLM head). Tiny configs are randomly initialised from ``seed``.
 
     Always goes through ``from_pretrained``: with an ``HfDeepSpeedConfig`` alive that is transformers'
     ZeRO-3 path, which partitions the weights as they are loaded.
     """
     config = load_config(name)
-    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kw: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if hidden_dropout is not None and hasattr(config, "hidden_dropout_prob"):
+        kw["hidden_dropout_prob"] = hidden_dropout
     path = tiny_checkpoint(name, seed) if name in TINY_CONFIGS else resolve(name)
     model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
     return model, config

@@ -146,7 +146,8 @@ def build(cfg: RunConfig) -> Run:
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive.append(HfDeepSpeedConfig(ds_config))
     dtype = DTYPES[precision]
-    backbone, _ = load_backbone(cfg.backbone, dtype=dtype, seed=t.seed)
+    backbone, _ = load_backbone(cfg.backbone, dtype=dtype, seed=t.seed,
+                                hidden_dropout=None if t.hidden_dropout < 0 else t.hidden_dropout)
     torch.manual_seed(t.seed)   # identical prompt/head init on every rank
     labels = task.label_names
     model = build_model(backbone, p, task.head, max(len(labels), 1), name=cfg.backbone,

@@ -32,5 +32,7 @@ def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = Non
                     task=run.cfg.data.task,
                     # enough to rebuild the model: tiny random backbones are a function of the seed
                     extra={"backbone_arg": run.cfg.backbone, "seed": run.cfg.train.seed,
-                           "max_seq_len": run.cfg.data.max_seq_len, **(extra or {})})
+                           "max_seq_len": run.cfg.data.max_seq_len,
+                           # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
+                           "null_threshold": getattr(run.task, "null_threshold", None), **(extra or {})})
     barrier()
