@@ -144,8 +144,10 @@ if [ "$conf_changed" = 1 ]; then
     done
 fi
 if ! pid_alive "$RUN_DIR/slurmctld.pid"; then
-    log "starting slurmctld"
-    slurmctld
+    # -c: start from a clean state. Jobs left in the saved state by an earlier (killed) session would
+    # otherwise be requeued on this start and compete with the tests for the node's CPUs.
+    log "starting slurmctld (clean state)"
+    slurmctld -c
 fi
 for _ in $(seq 60); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.5; done
 scontrol ping | grep -q "is UP" || { tail -20 "$LOG_DIR/slurmctld.log" >&2 || true; die "slurmctld did not come up"; }

@@ -18,6 +18,7 @@ import yaml
 from megaprompt.prompts.config import PromptConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HEAD_TYPES = ("linear", "verbalizer")
 
 
 @dataclass
@@ -81,6 +82,11 @@ class TrainConfig:
     stop_at_step: int = 0
     """End this job after step N with a resume checkpoint, as a preemption would (0 = off); the schedule
     still spans the whole run, so a later ``--resume auto`` continues exactly. For time-boxed jobs."""
+    head_type: str = "linear"
+    """linear: the paper's randomly initialised linear head; verbalizer: the backbone's frozen MLM head scores
+    label words at an appended [MASK] (classification tasks, encoders with an MLM head; the ablation)."""
+    label_words: str = ""
+    """Verbalizer only: comma-separated, one word per label in label order (default: the label names)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -100,6 +106,12 @@ class TrainConfig:
             raise ValueError(f"hidden_dropout={self.hidden_dropout}: expected -1 (keep) or a value in [0, 1)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={self.warmup_ratio}: expected in [0, 1)")
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type={self.head_type!r}: expected one of {', '.join(HEAD_TYPES)}")
+        if self.label_words and self.head_type != "verbalizer":
+            raise ValueError("label_words only applies to --head_type verbalizer")
+        if self.label_words and not all(w.strip() for w in self.label_words.split(",")):
+            raise ValueError(f"label_words={self.label_words!r}: expected comma-separated non-empty words")
         if self.resume not in ("auto", "none") and not os.path.isdir(self.resume):
             raise ValueError(f"resume={self.resume!r}: expected auto, none or an existing checkpoint directory")
 

@@ -6,7 +6,7 @@ in a Slurm option is not silently passed to training). Examples::
 
     # one run, 2 nodes x 8 GPUs
     python -m megaprompt.launch --output_dir runs/rte --nodes 2 --gpus_per_node 8 --time 12:00:00 \
-        -- --ds_config ds_configs/zero3.json --backbone THUDM/glm-10b --task rte
+        -- --ds_config ds_configs/zero3.json --backbone meta-llama/Llama-2-13b-hf --task rte
     # a sweep as ONE job array, at most 4 elements at a time
     python -m megaprompt.launch --output_dir sweeps/rte --sweep lr=5e-3,1e-2 seed=1,2,3 --throttle 4 -- ...
     # look before submitting

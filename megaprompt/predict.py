@@ -4,13 +4,15 @@
     deepspeed --num_gpus 2 -m megaprompt.predict ...      # each rank predicts a shard; rank 0 writes
 
 The backbone is rebuilt from the export's own record (``backbone_arg``; tiny random backbones from its
-seed) and checked against the export's backbone facts before any tensor is loaded.
+seed) and checked against the export's backbone facts before any tensor is loaded. A verbalizer export
+(``head_type``) gets its MLM head from the backbone checkpoint and the same [MASK] template as training.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     from megaprompt.engine.data import split_outputs
     from megaprompt.engine.distributed import init_distributed, is_rank0, log, setup_logging
     from megaprompt.export import load_export, read_export
+    from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
     from megaprompt.model import build_model
     from megaprompt.prompts import PromptConfig
     from megaprompt.tasks import get_task
@@ -57,14 +60,19 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     if task.head != meta["head"]["kind"]:
         raise ValueError(f"--task {task.name} needs a {task.head!r} head but the export has "
                          f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
-    backbone, _ = load_backbone(meta["backbone_arg"], seed=meta.get("seed", 0))
+    verbalizer = meta.get("head_type", "linear") == "verbalizer"
+    tokenizer = load_tokenizer(meta["backbone_arg"])
+    backbone, _, *mlm = load_backbone(meta["backbone_arg"], seed=meta.get("seed", 0), with_mlm_head=verbalizer)
+    head = VerbalizerHead.for_words(mlm[0], tokenizer, meta["label_words"]) if verbalizer else None
     model = build_model(backbone, PromptConfig(**meta["prompt"]), task.head, meta["head"]["num_labels"],
-                        name=meta["backbone_arg"])
+                        name=meta["backbone_arg"], head=head)
     load_export(model, args.export)
     model.to(device).eval()
-    tokenizer = load_tokenizer(meta["backbone_arg"])
     examples = task.load(args.data_dir, args.split)
-    split = cached_encode(task, args.split, examples, tokenizer, args.max_seq_len or meta.get("max_seq_len", 128))
+    max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)
+    split = cached_encode(task, args.split, examples, tokenizer, max_seq_len)
+    if verbalizer:
+        split = replace(split, features=add_mask_token(split.features, tokenizer, max_seq_len))
     outputs = split_outputs(lambda b: model(**b)["logits"], task.head, split, tokenizer.pad_token_id,
                             args.batch_size, rank, world, device)
     result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(examples)}

@@ -9,9 +9,16 @@ ZeRO-3: when the engine keeps an ``HfDeepSpeedConfig`` alive, ``from_pretrained`
 partition parameters at construction (transformers' own ``zero.Init`` path), so no rank materialises the
 full model. We never wrap ``from_config`` in our own ``zero.Init``: transformers' ``_init_weights`` then
 touches partitioned tensors.
+
+``with_mlm_head=True`` (the verbalizer) loads the masked-LM model instead and returns its bare encoder plus
+its MLM head. Head weights the checkpoint lacks (tiny checkpoints store only the encoder; sentence-embedding
+checkpoints such as all-MiniLM-L6-v2 have none) are re-initialised from ``seed``, so training and
+``megaprompt.predict`` rebuild the same head whatever the ZeRO stage.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
 
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
 
@@ -36,6 +43,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
                        num_key_value_heads=2, intermediate_size=128, **_TINY_COMMON),
 }
 BUNDLED = ("minilm",)
+logger = logging.getLogger("megaprompt")
 
 
 class BackboneNotFound(ValueError):
@@ -114,8 +122,9 @@ def tiny_checkpoint(name: str, seed: int) -> str:
 
 def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
                   attn_implementation: str | None = None, hidden_dropout: float | None = None,
-                  ) -> tuple[torch.nn.Module, PretrainedConfig]:
-    """The bare backbone (no LM/MLM head). Tiny configs are randomly initialised from ``seed``.
+                  with_mlm_head: bool = False) -> tuple[Any, ...]:
+    """``(backbone, config)``: the bare backbone (no LM/MLM head). Tiny configs are randomly initialised from
+    ``seed``. ``with_mlm_head``: ``(backbone, config, mlm_head)``, both taken from one masked-LM model.
 
     Always goes through ``from_pretrained``: with an ``HfDeepSpeedConfig`` alive that is transformers'
     ZeRO-3 path, which partitions the weights as they are loaded.
@@ -125,8 +134,47 @@ def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
     if hidden_dropout is not None and hasattr(config, "hidden_dropout_prob"):
         kw["hidden_dropout_prob"] = hidden_dropout
     path = tiny_checkpoint(name, seed) if name in TINY_CONFIGS else resolve(name)
-    model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
-    return model, config
+    if not with_mlm_head:
+        model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
+        return model, config
+    from megaprompt.heads.verbalizer import mlm_head_of
+    mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
+    head = mlm_head_of(mlm_model)
+    missing = _reinit_missing(mlm_model, head, info["missing_keys"], seed)
+    if missing and name not in TINY_CONFIGS:
+        logger.warning("--backbone %s has no trained MLM head weights (%d missing, e.g. %s): the verbalizer "
+                       "uses an untrained, randomly initialised MLM head", name, len(missing), missing[0])
+    return mlm_model.base_model, config, head
+
+
+def _reinit_missing(model: torch.nn.Module, head: torch.nn.Module, missing: Any, seed: int) -> list[str]:
+    """Re-initialise the head parameters the checkpoint lacked from ``seed`` (BERT's scheme: normal weights,
+    zero biases, unit LayerNorm). transformers already filled them, but from the global RNG and, under
+    ZeRO-3, per partition: not reproducible across processes or stages. Returns their names."""
+    own = {id(p) for p in head.parameters()}
+    params: dict[int, tuple[str, torch.nn.Parameter]] = {}
+    for name in sorted(missing):
+        p = model.get_parameter(name)
+        if id(p) in own:
+            params.setdefault(id(p), (name, p))     # tied names (decoder.bias = bias) share one tensor
+    if not params:
+        return []
+    gather: Any = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for _, p in params.values()):     # ZeRO-3 partitioned: edit the full tensors
+        import deepspeed
+        gather = deepspeed.zero.GatheredParameters([p for _, p in params.values()], modifier_rank=0)
+    std = getattr(model.config, "initializer_range", 0.02)
+    gen = torch.Generator().manual_seed(seed)
+    with gather, torch.no_grad():
+        for name, p in params.values():   # every rank computes the same values; rank 0's are broadcast
+            owner = model.get_submodule(name.rpartition(".")[0])
+            if name.endswith("bias"):
+                p.zero_()
+            elif isinstance(owner, torch.nn.LayerNorm) or "LayerNorm" in type(owner).__name__:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return [name for name, _ in params.values()]
 
 
 def load_tokenizer(name: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_config, 
 from megaprompt.config import RunConfig
 from megaprompt.engine import ds_config as dsc
 from megaprompt.engine.distributed import barrier, init_distributed, is_rank0, log, setup_logging
+from megaprompt.heads.verbalizer import (MLM_MODEL_TYPES, VerbalizerHead, add_mask_token, has_mlm_head,
+                                         resolve_label_words)
 from megaprompt.model import PromptedModel, build_model
 from megaprompt.tasks import EncodedSplit, get_task
 from megaprompt.tasks.encoding import cached_encode
@@ -30,7 +32,8 @@ from megaprompt.tasks.encoding import cached_encode
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Keys that define what a run computes: a different value in an existing output_dir is another run.
 IDENTITY_KEYS = ("backbone", "method", "prompt_len", "reparam", "mlp_hidden", "prompt_layers", "task", "data_dir",
-                 "max_seq_len", "lr", "batch_size", "grad_accum", "seed", "precision", "weight_decay", "init")
+                 "max_seq_len", "lr", "batch_size", "grad_accum", "seed", "precision", "weight_decay", "init",
+                 "head_type", "label_words")
 
 
 class RunError(ValueError):
@@ -78,6 +81,19 @@ def check_output_dir(cfg: RunConfig, out: Path) -> None:
                            f"use another --output_dir, --resume none to start over, or --resume PATH")
 
 
+def check_verbalizer(cfg: RunConfig, task: Any, hf_config: Any) -> list[str]:
+    """The verbalizer's preconditions, as one-line errors; returns the label words, one per label."""
+    if task.head != "cls":
+        raise RunError(f"--head_type verbalizer needs a classification task; {task.name} has a {task.head!r} head")
+    if not has_mlm_head(hf_config):
+        raise RunError(f"--head_type verbalizer needs an encoder with an MLM head ({', '.join(MLM_MODEL_TYPES)}); "
+                       f"{cfg.backbone} is {hf_config.model_type}")
+    if cfg.prompt.method == "head":
+        raise RunError("--head_type verbalizer with --method head has nothing to train (the MLM head stays "
+                       "frozen); use pt2, lester or ft")
+    return resolve_label_words(cfg.train.label_words, task.label_names)
+
+
 def build(cfg: RunConfig) -> Run:
     rank, world, device = init_distributed()
     out = Path(cfg.train.output_dir)
@@ -98,6 +114,8 @@ def build(cfg: RunConfig) -> Run:
             raise RunError(f"max_seq_len {d.max_seq_len}{extra} = {need} exceeds {cfg.backbone}'s "
                            f"{limit} positions")
         task = get_task(d.task, data_dir=d.data_dir)
+        verbalizer = t.head_type == "verbalizer"
+        label_words = check_verbalizer(cfg, task, hf_config) if verbalizer else []
         check_output_dir(cfg, out)
     except (ValueError, OSError) as err:
         raise RunError(str(err)) from None
@@ -124,6 +142,8 @@ def build(cfg: RunConfig) -> Run:
                 splits[split] = cached_encode(task, split, examples, tokenizer, d.max_seq_len)
         barrier()
     train, dev = splits["train"], splits["dev"]
+    if verbalizer:   # after the feature cache, which stays head-agnostic: "<text> [SEP] <pair> [MASK] [SEP]"
+        train, dev = (replace(s, features=add_mask_token(s.features, tokenizer, d.max_seq_len)) for s in (train, dev))
     global_batch = t.batch_size * t.grad_accum * world
     steps_per_epoch = len(train) // global_batch
     if steps_per_epoch == 0:
@@ -146,18 +166,24 @@ def build(cfg: RunConfig) -> Run:
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive.append(HfDeepSpeedConfig(ds_config))
     dtype = DTYPES[precision]
-    backbone, _ = load_backbone(cfg.backbone, dtype=dtype, seed=t.seed,
-                                hidden_dropout=None if t.hidden_dropout < 0 else t.hidden_dropout)
+    backbone, _, *mlm = load_backbone(cfg.backbone, dtype=dtype, seed=t.seed, with_mlm_head=verbalizer,
+                                      hidden_dropout=None if t.hidden_dropout < 0 else t.hidden_dropout)
     torch.manual_seed(t.seed)   # identical prompt/head init on every rank
     labels = task.label_names
+    head = VerbalizerHead.for_words(mlm[0], tokenizer, label_words) if verbalizer else None
     model = build_model(backbone, p, task.head, max(len(labels), 1), name=cfg.backbone,
-                        head_dropout=t.head_dropout)
+                        head_dropout=t.head_dropout, head=head)
     for module in (model.prompt, model.head):
         if module is not None:
             module.to(dtype)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     counts = count_parameters(model)
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("reduce_bucket_size") == "auto":
+        # DeepSpeed allocates the reduce bucket at full size (default 5e8 elements, 1 GB in bf16) however few
+        # parameters train; P-Tuning v2 needs a bucket about the size of its prompt + head.
+        zero["reduce_bucket_size"] = int(min(5e8, max(counts.trainable, 1e6)))
 
     import deepspeed
     trainable = [q for q in model.parameters() if q.requires_grad]

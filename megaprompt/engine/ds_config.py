@@ -34,6 +34,9 @@ def read_ds_config(path: str) -> dict[str, Any]:
     zero = cfg.get("zero_optimization", {})
     if not isinstance(zero, dict):
         raise DSConfigError(f"{path}: zero_optimization must be an object")
+    for key, value in zero.items():
+        if value == "auto" and key != "reduce_bucket_size":
+            raise DSConfigError(f"{path}: zero_optimization.{key}='auto' is not supported (only reduce_bucket_size)")
     stage = zero.get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise DSConfigError(f"{path}: zero_optimization.stage={stage!r}, expected 0, 1, 2 or 3")

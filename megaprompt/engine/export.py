@@ -8,6 +8,7 @@ import torch
 
 from megaprompt.engine.distributed import barrier, is_rank0
 from megaprompt.export import save_export
+from megaprompt.heads.verbalizer import resolve_label_words
 
 
 def gathered_trainable(engine: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -27,6 +28,9 @@ def gathered_trainable(engine: Any, model: torch.nn.Module) -> dict[str, torch.T
 
 def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
     tensors = gathered_trainable(run.engine, run.model)
+    t = run.cfg.train
+    # the verbalizer's MLM head is not exported (frozen, it comes with the backbone): predict rebuilds it
+    words = resolve_label_words(t.label_words, run.task.label_names) if t.head_type == "verbalizer" else None
     if is_rank0():
         save_export(out_dir, tensors, run.model.spec, run.cfg.prompt, run.task.head, list(run.task.label_names),
                     task=run.cfg.data.task,
@@ -34,5 +38,6 @@ def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = Non
                     extra={"backbone_arg": run.cfg.backbone, "seed": run.cfg.train.seed,
                            "max_seq_len": run.cfg.data.max_seq_len,
                            # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
-                           "null_threshold": getattr(run.task, "null_threshold", None), **(extra or {})})
+                           "null_threshold": getattr(run.task, "null_threshold", None),
+                           "head_type": t.head_type, "label_words": words, **(extra or {})})
     barrier()

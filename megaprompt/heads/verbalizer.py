@@ -5,7 +5,8 @@ keeps it as the comparison point; it only applies to encoders with an MLM head (
 Each label has one or more label words (single tokens; multi-token words use their first token, logged);
 a label's score is the mean log-probability of its words at the mask position. The mask position comes as
 ``mask_positions`` (B,) in ``extra`` (the task's encoder puts it in each feature), or is found from
-``input_ids`` (also in ``extra``) and ``mask_token_id``.
+``input_ids`` (also in ``extra``) and ``mask_token_id``. ``add_mask_token`` turns a task's features into
+the template ``<text> [SEP] <pair> [MASK] [SEP]`` that training and prediction both use.
 """
 from __future__ import annotations
 
@@ -27,6 +28,50 @@ def mlm_head_of(model: nn.Module) -> nn.Module:
         if isinstance(head, nn.Module):
             return head
     raise ValueError(f"{type(model).__name__} has no MLM head (expected a BERT/RoBERTa/DeBERTa *ForMaskedLM)")
+
+
+# Families whose masked-LM head ``mlm_head_of`` returns as a plain hidden -> vocabulary module. ELECTRA is left
+# out: its discriminator checkpoints have no MLM head (only the separate generator has one).
+MLM_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "deberta-v2")
+
+
+def has_mlm_head(config: Any) -> bool:
+    # non-legacy DeBERTa-v2 heads take the word embeddings as a second forward argument: not supported
+    return config.model_type in MLM_MODEL_TYPES and getattr(config, "legacy", True)
+
+
+def resolve_label_words(spec: str, label_names: Sequence[str]) -> list[str]:
+    """``--label_words`` (comma-separated, one per label) or, when empty, the label names themselves."""
+    words = [w.strip() for w in spec.split(",")] if spec else list(label_names)
+    if len(words) != len(label_names):
+        raise ValueError(f"label_words has {len(words)} word(s) but the task has {len(label_names)} labels "
+                         f"({', '.join(label_names)}); give one word per label, in that order")
+    return words
+
+
+def add_mask_token(features: Sequence[dict[str, Any]], tokenizer: Any, max_seq_len: int) -> list[dict[str, Any]]:
+    """Copies of ``features`` with the mask token inserted before the final separator.
+
+    The inserted position takes the attention mask and segment id of that separator (the last segment). A
+    feature already at ``max_seq_len`` loses its last real token first, so lengths never exceed the budget.
+    """
+    mask_id = tokenizer.mask_token_id
+    if mask_id is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no mask token for the verbalizer")
+    out = []
+    for feat in features:
+        feat = dict(feat)
+        full = len(feat["input_ids"]) >= max_seq_len
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            if key not in feat:
+                continue
+            seq = list(feat[key])
+            if full:
+                del seq[-2]
+            seq.insert(len(seq) - 1, mask_id if key == "input_ids" else seq[-1])
+            feat[key] = seq
+        out.append(feat)
+    return out
 
 
 def label_word_ids(tokenizer: Any, label_words: Sequence[Sequence[str]]) -> list[list[int]]:
@@ -52,7 +97,7 @@ class VerbalizerHead(nn.Module):
         super().__init__()
         if not word_ids or any(not ids for ids in word_ids):
             raise ValueError("every label needs at least one label word")
-        self.mlm = mlm_head
+        self.mlm, self.freeze_mlm = mlm_head, freeze_mlm
         if freeze_mlm:
             for p in self.mlm.parameters():
                 p.requires_grad_(False)
@@ -66,6 +111,16 @@ class VerbalizerHead(nn.Module):
             weight[i, :len(w)] = 1.0 / len(w)
         self.register_buffer("word_ids", ids, persistent=False)
         self.register_buffer("word_weight", weight, persistent=False)
+
+    @classmethod
+    def for_words(cls, mlm_head: nn.Module, tokenizer: Any, words: Sequence[str]) -> VerbalizerHead:
+        """One label word per label (``resolve_label_words``); the mask position is found from input_ids."""
+        return cls(mlm_head, label_word_ids(tokenizer, [[w] for w in words]), tokenizer.mask_token_id)
+
+    def frozen_submodules(self) -> list[nn.Module]:
+        """Modules ``PromptedModel.configure_trainable`` keeps frozen although the head trains: the pretrained
+        MLM head is the verbalizer's point (P-tuning style); only full fine-tuning trains it."""
+        return [self.mlm] if self.freeze_mlm else []
 
     def _mask_positions(self, extra: dict[str, Any], batch: int) -> torch.Tensor:
         pos = extra.get("mask_positions")

@@ -53,8 +53,8 @@ def attn_modules(model_or_backbone):
 
 
 # ---- a. gradient checkpointing ---------------------------------------------------------------------------
-@pytest.mark.parametrize("reparam", ["none", "mlp"])
-def test_gradient_checkpointing_same_prefix_grads_and_recomputes(tiny, family, reparam):
+@pytest.mark.parametrize("reparam,every", [("none", 1), ("mlp", 1), ("none", 2)])
+def test_gradient_checkpointing_same_prefix_grads_and_recomputes(tiny, family, reparam, every):
     model, _ = wrap(tiny, family, reparam=reparam, mlp_hidden=16)
     model.train()  # checkpointing is only active in training mode (all dropouts are 0)
     ids, mask = padded_batch(tiny, family)
@@ -81,15 +81,21 @@ def test_gradient_checkpointing_same_prefix_grads_and_recomputes(tiny, family, r
         return grads, list(calls), list(saw_prefix)
 
     g_off, calls_off, saw_off = step()
-    model.enable_gradient_checkpointing()
-    assert model.backbone.is_gradient_checkpointing
+    model.enable_gradient_checkpointing(every_n_layers=every)
+    assert getattr(model.backbone, "is_activation_checkpointing", None) or model.backbone.is_gradient_checkpointing
+    # non-reentrant checkpointing needs no grad-requiring embeddings: transformers' hook must be gone
+    emb_out = []
+    h = model.backbone.get_input_embeddings().register_forward_hook(lambda m, a, o: emb_out.append(o))
     g_on, calls_on, saw_on = step()
+    h.remove()
+    assert emb_out and not emb_out[0].requires_grad
 
     # Non-vacuous: without checkpointing each attention runs once per step; with it, once more in backward
-    # (the recompute), and the recompute still sees the prefix.
+    # (the recompute) for every checkpointed layer (every ``every``-th from 0), and the recompute still sees
+    # the prefix.
     assert calls_off == [1] * n_layers
-    assert calls_on == [2] * n_layers
-    assert all(saw_off) and all(saw_on) and len(saw_on) == 2 * n_layers
+    assert calls_on == [2 if i % every == 0 else 1 for i in range(n_layers)]
+    assert all(saw_off) and all(saw_on) and len(saw_on) == sum(calls_on)
 
     assert set(g_on) == set(g_off) and g_off
     for name in g_off:

@@ -42,10 +42,11 @@ def main() -> int:
     p.add_argument("--max_requeues", type=int, default=3)
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--step_seconds", type=float, default=0.2)
+    p.add_argument("--install_after", type=float, default=0.0,
+                   help="first attempt only: wait this long before installing the signal handlers "
+                        "(a signal in that window kills the rank, as during a real model load)")
     args, _ = p.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    handler = PreemptionHandler(max_requeues=args.max_requeues)
-    handler.install()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     out = Path(args.output_dir)
@@ -53,6 +54,10 @@ def main() -> int:
     restart = os.environ.get("SLURM_RESTART_COUNT", "0")
     record = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in ENV_KEYS}}
     (out / f"rank{rank}.json").write_text(json.dumps(record))
+    if args.install_after and restart == "0":
+        time.sleep(args.install_after)
+    handler = PreemptionHandler(max_requeues=args.max_requeues)
+    handler.install()
     step = 0
     if args.steps:
         import torch.distributed as dist

@@ -14,30 +14,31 @@ from pathlib import Path
 
 import pytest
 
-from jobs import render as jr, sweep as js
+from jobs import sweep as js
 from megaprompt import launch
 
 GOLDEN = Path(__file__).with_name("golden")
 WORKDIR = "/home/user/megaprompt"
-TRAIN_10B = ["--ds_config", "ds_configs/zero3.json", "--backbone", "THUDM/glm-10b", "--task", "rte",
-             "--max_steps", "2000"]
+TRAIN_13B = ["--ds_config", "ds_configs/zero3.json", "--backbone", "meta-llama/Llama-2-13b-hf",
+             "--task", "rte", "--data_dir", "/datasets/superglue/RTE", "--epochs", "20",
+             "--gradient_checkpointing", "true"]
 
 CASES = {
     "single_node": (["--output_dir", "/scratch/runs/demo", "--ntasks_per_node", "2", "--time", "00:30:00",
                      "--mem", "8G", "--job_name", "mp-demo"],
                     ["--backbone", "tiny-bert", "--task", "demo", "--max_steps", "40"]),
-    "two_nodes_8gpus": (["--output_dir", "/scratch/runs/glm10b-rte", "--nodes", "2", "--gpus_per_node", "8",
+    "two_nodes_8gpus": (["--output_dir", "/scratch/runs/llama13b-rte", "--nodes", "2", "--gpus_per_node", "8",
                          "--cpus_per_task", "8", "--mem", "480G", "--time", "24:00:00", "--partition", "gpu",
                          "--account", "proj123", "--qos", "high", "--constraint", "a100&ib",
                          "--sbatch_extra=--mail-type=END,FAIL", "--sbatch_extra=--exclusive",
                          "--env_setup", "module load cuda/12.1",
                          "--env_setup", "source $HOME/venvs/megaprompt/bin/activate",
                          "--signal_seconds", "300", "--max_requeues", "5"],
-                        TRAIN_10B),
+                        TRAIN_13B),
     "array_throttle": (["--output_dir", "/scratch/sweeps/rte", "--nodes", "2", "--gpus_per_node", "8",
                         "--time", "12:00:00", "--sweep", "lr=5e-3,1e-2", "prompt_len=8,32,128", "seed=1,2,3",
                         "--throttle", "4", "--job_name", "mp-sweep"],
-                       TRAIN_10B),
+                       TRAIN_13B),
 }
 
 
@@ -71,9 +72,9 @@ def test_header_contents() -> None:
     s = plan_for(*CASES["two_nodes_8gpus"]).script
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --signal=B:USR1@300", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-                 "#SBATCH --output=/scratch/runs/glm10b-rte/logs/%j.out", "#SBATCH --constraint=a100&ib",
+                 "#SBATCH --output=/scratch/runs/llama13b-rte/logs/%j.out", "#SBATCH --constraint=a100&ib",
                  "#SBATCH --mail-type=END,FAIL", "#SBATCH --exclusive", "module load cuda/12.1",
-                 "MAX_REQUEUES=5", "    --backbone THUDM/glm-10b"):
+                 "MAX_REQUEUES=5", "    --backbone meta-llama/Llama-2-13b-hf"):
         assert line in s.splitlines(), line
     arr = plan_for(*CASES["array_throttle"]).script
     assert "#SBATCH --array=0-17%4" in arr and "/logs/%A_%a.out" in arr
@@ -208,3 +209,25 @@ def test_quoting_executes_nothing(tmp_path: Path) -> None:
         assert rec["rank"] == "0" and rec["addr"] == "nodeA"
         assert "/" not in e["dir"] and "\n" not in e["dir"]
     assert not list(tmp_path.glob("pwned*")), "a quoted value was executed"
+
+
+DOC_ARGS = ["--output_dir", "/scratch/alice/sweeps/rte-llama13b", "--workdir", "/home/alice/megaprompt",
+            "--job_name", "rte-llama13b", "--partition", "gpu", "--account", "proj123", "--time", "24:00:00",
+            "--nodes", "2", "--gpus_per_node", "8", "--cpus_per_task", "8", "--mem", "480G",
+            "--env_setup", "module load cuda/12.1", "--env_setup", "source ~/venvs/megaprompt/bin/activate",
+            "--sweep", "lr=5e-3,1e-2", "prompt_len=8,32,128", "seed=1,2,3", "--throttle", "4", "--dry-run",
+            "--", "--ds_config", "ds_configs/zero3.json", "--backbone", "meta-llama/Llama-2-13b-hf",
+            "--task", "rte", "--data_dir", "/datasets/superglue/RTE", "--method", "pt2", "--epochs", "20",
+            "--batch_size", "2", "--gradient_checkpointing", "true"]
+
+
+def test_documented_dry_run_is_current(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/slurm.md (or the README it is merged into) quotes the real --dry-run output."""
+    root = Path(__file__).resolve().parents[2]
+    docs = [p for p in (root / "docs" / "slurm.md", root / "README.md")
+            if p.is_file() and "Running on a Slurm cluster" in p.read_text()]
+    if not docs:
+        pytest.skip("no 'Running on a Slurm cluster' section found")
+    assert launch.main(DOC_ARGS) == 0
+    out = capsys.readouterr().out
+    assert any(out in p.read_text() for p in docs), "re-paste the --dry-run output into the docs"

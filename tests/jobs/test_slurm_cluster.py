@@ -92,18 +92,20 @@ def _steps(path: Path) -> list[tuple[int, int]]:
 
 
 def test_usr1_checkpoint_requeue_resume(slurm: Any, slurm_tmp: Path) -> None:
-    out = slurm_tmp / "run"
-    job = slurm.launch(["--output_dir", str(out), "--ntasks_per_node", "2", "--entry", STUB,
-                        "--job_name", "mp-preempt", "--max_requeues", "2", "--",
+    """Through a (one-element) job array, so the element is requeued as <array_job>_<index>."""
+    sweep = slurm_tmp / "sweep"
+    job = slurm.launch(["--output_dir", str(sweep), "--sweep", "seed=7", "--ntasks_per_node", "2",
+                        "--entry", STUB, "--job_name", "mp-preempt", "--max_requeues", "2", "--",
                         "--steps", "30", "--step_seconds", "0.25"])
-    log = out / "logs" / f"{job}.out"
+    out = sweep / "seed=7"
+    log = sweep / "logs" / f"{job}_0.out"
     _wait_for_step(out / "steps_rank0.log", 5, timeout=90, log=log)
-    slurm.run("scancel", "--signal=USR1", "--batch", job)
+    slurm.run("scancel", "--signal=USR1", "--batch", f"{job}_0")
     recs = slurm.wait(job, timeout=180)
     text = log.read_text()
     assert recs[0]["JobState"] == "COMPLETED" and recs[0]["Restarts"] == "1", (recs, text)
     assert "caught SIGUSR1" in text and "forwarding it to the training step" in text, text
-    assert f"requeued job {job}" in text, text
+    assert f"requeued job {job}_0 (restart 1 of at most 2)" in text, text
     for rank in (0, 1):
         steps = _steps(out / f"steps_rank{rank}.log")
         assert [s for _, s in steps] == list(range(1, 31)), steps   # continues, never restarts
@@ -113,6 +115,26 @@ def test_usr1_checkpoint_requeue_resume(slurm: Any, slurm_tmp: Path) -> None:
         assert json.loads((out / "checkpoints" / f"rank{rank}.json").read_text())["step"] == first[-1]
     assert (_steps(out / "steps_rank0.log") == _steps(out / "steps_rank1.log")), "ranks disagreed"
     assert f"resumed from step {first[-1]}" in text
+    assert (out / "metrics.json").is_file()
+
+
+def test_signal_before_handler_batch_script_requeues(slurm: Any, slurm_tmp: Path) -> None:
+    """A signal that kills the ranks before they install the handler (e.g. during model loading): the
+    batch script sees the failed step and requeues the job itself."""
+    out = slurm_tmp / "early"
+    job = slurm.launch(["--output_dir", str(out), "--ntasks_per_node", "2", "--entry", STUB,
+                        "--job_name", "mp-early", "--", "--steps", "4", "--step_seconds", "0.1",
+                        "--install_after", "30"])
+    log = out / "logs" / f"{job}.out"
+    deadline = time.monotonic() + 60
+    while not ((out / "rank0.json").is_file() and (out / "rank1.json").is_file()):
+        assert time.monotonic() < deadline, log.read_text() if log.is_file() else "no log"
+        time.sleep(0.2)
+    slurm.run("scancel", "--signal=USR1", "--batch", job)
+    recs = slurm.wait(job, timeout=120)
+    text = log.read_text()
+    assert recs[0]["JobState"] == "COMPLETED" and recs[0]["Restarts"] == "1", (recs, text)
+    assert f"requeueing {job} from the batch script" in text, text
     assert (out / "metrics.json").is_file()
 
 
