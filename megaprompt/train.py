@@ -19,10 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     from megaprompt.engine import RunError, build, train
     from megaprompt.engine.distributed import destroy, log
+    from megaprompt.engine.preemption import PreemptionHandler
     from megaprompt.engine.report import report
+    preempt = PreemptionHandler(max_requeues=cfg.train.max_requeues)
+    preempt.install()   # first: a Slurm signal during model loading must stop at step 1, not kill the ranks
     try:
         run = build(cfg)
-        metrics = train(run)
+        metrics = train(run, preempt)
         report(run, metrics)
     except RunError as err:
         log.error("%s", err)

@@ -305,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="megaprompt-memory",
         description="Estimated per-GPU and per-node CPU training memory: full fine-tuning vs P-Tuning v2 under "
-                    "DeepSpeed ZeRO (formulas and sources: megaprompt/costs/memory.py, docs/costs.md).")
+                    "DeepSpeed ZeRO (formulas and sources: megaprompt/costs/memory.py, README.md (Costs section)).")
     ap.add_argument("--backbone", default="glm-10b", help="preset, tiny config, config.json or model directory")
     ap.add_argument("--methods", default="ft,pt2", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--prompt_len", type=int, default=16)

@@ -5,7 +5,7 @@ Every preset is a transformers config of a *supported* family, so the cost tools
 values of the named checkpoints. The backbone is ``AutoModel`` (no LM/MLM head), as in training, so decoder
 counts exclude an untied ``lm_head`` (Llama-2-7B: 6.74B with it, 6.61B without).
 
-Approximations (documented in docs/costs.md):
+Approximations (documented in README.md (Costs section)):
 
 * ``deberta-xlarge`` is DeBERTa **v1** (model_type ``deberta``, not supported here). It is modelled as
   ``deberta-v2`` with the v1 shape and ``share_att_key=False`` (separate positional key/query projections,

@@ -22,6 +22,7 @@ from megaprompt.engine.build import Run
 from megaprompt.engine.data import TrainStream, collate, split_outputs, to_device
 from megaprompt.engine.distributed import all_true, is_rank0, log
 from megaprompt.engine.export import export_trainable
+from megaprompt.engine.preemption import PreemptionHandler
 from megaprompt.engine.tb import Board
 
 
@@ -41,7 +42,7 @@ def evaluate(run: Run) -> dict[str, float]:
     return {k: float(v) for k, v in run.task.evaluate(outputs, run.dev).items()}
 
 
-def train(run: Run) -> dict[str, Any]:
+def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     cfg, engine, t = run.cfg, run.engine, run.cfg.train
     stream = TrainStream(len(run.train), t.batch_size, t.grad_accum, run.rank, run.world, t.seed)
     eval_every = t.eval_every or stream.steps_per_epoch
@@ -54,7 +55,9 @@ def train(run: Run) -> dict[str, Any]:
         state = ckpt.load(engine, resume_from)
         step = state.pop("step")
         log.info("resumed from %s at step %d", resume_from, step)
-    preempt = _preemption(t.max_requeues)
+    if preempt is None:
+        preempt = PreemptionHandler(max_requeues=t.max_requeues)
+        preempt.install()
     board = Board(run)
     pad = run.tokenizer.pad_token_id
     start, t_last, samples, tokens, losses = time.time(), time.time(), 0, 0, []
@@ -112,7 +115,7 @@ def train(run: Run) -> dict[str, Any]:
             bar.close()
             board.close()
             return {"preempted": True, "step": step}
-        if preempt is not None and preempt.should_stop():
+        if preempt.should_stop():
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
             requeued = preempt.requeue() if is_rank0() else False
             log.warning("preempted at step %d: checkpoint saved%s", step, ", job requeued" if requeued else "")
@@ -151,16 +154,6 @@ def _grad_norm(engine: Any) -> float:
 
 def _fmt(m: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in m.items() if isinstance(v, (int, float)))
-
-
-def _preemption(max_requeues: int) -> Any:
-    try:
-        from megaprompt.engine.preemption import PreemptionHandler
-    except ImportError:
-        return None
-    handler = PreemptionHandler(max_requeues=max_requeues)
-    handler.install()
-    return handler
 
 
 __all__ = ["evaluate", "peak_memory_mb", "train"]
