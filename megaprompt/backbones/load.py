@@ -154,7 +154,10 @@ def _reinit_missing(model: torch.nn.Module, head: torch.nn.Module, missing: Any,
     own = {id(p) for p in head.parameters()}
     params: dict[int, tuple[str, torch.nn.Parameter]] = {}
     for name in sorted(missing):
-        p = model.get_parameter(name)
+        try:
+            p = model.get_parameter(name)
+        except AttributeError:        # a missing buffer, not a parameter: transformers' value is deterministic
+            continue
         if id(p) in own:
             params.setdefault(id(p), (name, p))     # tied names (decoder.bias = bias) share one tensor
     if not params:
