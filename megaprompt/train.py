@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         run = build(cfg)
         metrics = train(run, preempt)
         report(run, metrics)
-    except RunError as err:
+    except (RunError, FloatingPointError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
+        preempt.uninstall()
         destroy()
     return 0
 
