@@ -113,7 +113,16 @@ def all_true(flag: bool) -> bool:
 
 
 def destroy() -> None:
-    """Without destroy_process_group a rank can abort at interpreter shutdown."""
+    """Without destroy_process_group a rank can abort at interpreter shutdown.
+
+    DeepSpeed caches process-group handles in ``deepspeed.utils.groups``; they are reset too, so one process
+    can run several trainings in a row (tests, notebooks) without reusing destroyed groups.
+    """
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    from deepspeed.utils import groups
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and name.endswith(("GROUP", "GROUP_RANKS")):
+            setattr(groups, name, {} if isinstance(value, dict) else None)
+    groups.mpu = None
