@@ -177,7 +177,7 @@ def build(cfg: RunConfig) -> Run:
         if module is not None:
             module.to(dtype)
     if t.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(every_n_layers=t.checkpoint_every)
     counts = count_parameters(model)
     zero = ds_config.get("zero_optimization", {})
     if zero.get("reduce_bucket_size") == "auto":

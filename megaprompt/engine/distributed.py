@@ -72,7 +72,7 @@ def setup_logging(log_file: str | None = None) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     log.handlers.clear()
     log.setLevel(level)
-    log.propagate = False
+    log.propagate = True   # keep records visible to root handlers (pytest caplog, user logging setups)
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(fmt)
     log.addHandler(h)
