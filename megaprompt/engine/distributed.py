@@ -66,26 +66,44 @@ def is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+_saved_logging: dict[str, object] = {}
+
+
 def setup_logging(log_file: str | None = None) -> None:
-    """INFO on rank 0 (stderr and ``log_file``), warnings only elsewhere."""
-    level = logging.INFO if is_rank0() else logging.WARNING
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    log.handlers.clear()
-    log.setLevel(level)
-    log.propagate = True   # keep records visible to root handlers (pytest caplog, user logging setups)
-    h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(fmt)
-    log.addHandler(h)
-    if log_file and is_rank0():
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(fmt)
-        log.addHandler(fh)
-    # torch.distributed deprecation notices fire on every ZeRO step from inside DeepSpeed: not actionable here.
+    """INFO on rank 0 (stderr and ``log_file``), warnings only elsewhere. ``teardown_logging`` undoes it."""
     import transformers
+
+    teardown_logging()
+    _saved_logging.update(level=log.level, ds=logging.getLogger("DeepSpeed").level,
+                          hf=transformers.utils.logging.get_verbosity())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    log.setLevel(logging.INFO if is_rank0() else logging.WARNING)
+    log.propagate = True   # keep records visible to root handlers (pytest caplog, user logging setups)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file and is_rank0():
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    _saved_logging["handlers"] = handlers
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    # DeepSpeed is chatty at INFO on every rank.
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)   # DeepSpeed is chatty at INFO on every rank
+
+
+def teardown_logging() -> None:
+    """Close the handlers ``setup_logging`` added and restore the levels it changed (in-process reruns)."""
+    if not _saved_logging:
+        return
+    import transformers
+
+    for h in _saved_logging.pop("handlers", []):
+        log.removeHandler(h)
+        h.close()
+    log.setLevel(_saved_logging.pop("level"))
+    logging.getLogger("DeepSpeed").setLevel(_saved_logging.pop("ds"))
+    transformers.utils.logging.set_verbosity(_saved_logging.pop("hf"))
+    transformers.utils.logging.enable_progress_bar()
 
 
 def barrier() -> None:
@@ -121,6 +139,7 @@ def destroy() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    teardown_logging()
     from deepspeed.utils import groups
     for name, value in list(vars(groups).items()):
         if name.startswith("_") and name.isupper() and name.endswith(("GROUP", "GROUP_RANKS")):

@@ -321,9 +321,10 @@ DS_CONFIG = ROOT / "ds_configs" / "zero3.json"
 def train_env(monkeypatch, tmp_path):
     """In-process training: CPU DeepSpeed, no hub access, a private feature cache.
 
-    ``train.main`` configures process-wide logging (the ``megaprompt`` logger stops propagating and gets a
-    stderr and a ``train.log`` file handler; transformers is set to errors only): put it back afterwards so
-    later tests' ``caplog`` still sees task warnings and no handler keeps a deleted tmp file open.
+    ``train.main`` configures process-wide logging and leaves it so (the ``megaprompt`` logger gets a stderr
+    and a ``train.log`` file handler, its level and ``propagate`` are set; transformers is set to errors
+    only): put it back afterwards, so later tests' ``caplog`` still sees task warnings and no handler keeps
+    writing to a deleted tmp file.
     """
     pytest.importorskip("deepspeed")
     import transformers
