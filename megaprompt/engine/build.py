@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from megaprompt.accounting import ParamCount, count_parameters
-from megaprompt.backbones import get_adapter
 from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_config, load_tokenizer, tiny_checkpoint
 from megaprompt.config import RunConfig
 from megaprompt.engine import ds_config as dsc
@@ -201,4 +200,4 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["Run", "RunError", "build", "get_adapter"]
+__all__ = ["Run", "RunError", "build"]

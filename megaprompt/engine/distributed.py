@@ -111,14 +111,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def all_true(flag: bool) -> bool:
     """Agreement across ranks (every rank must call it)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
