@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from tests.engine.conftest import ROOT, env, free_port
 
