@@ -49,12 +49,13 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     ckpt_dir = run.out / "checkpoints"
     primary = run.task.metric
     state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0}
-    step = 0
+    step = first_step = 0
     resume_from = ckpt.find_resume(ckpt_dir, t.resume)
     if resume_from is not None:
         state = ckpt.load(engine, resume_from)
         step = state.pop("step")
         log.info("resumed from %s at step %d", resume_from, step)
+    first_step = step
     if preempt is None:
         preempt = PreemptionHandler(max_requeues=t.max_requeues)
         preempt.install()
@@ -109,16 +110,14 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
                 break
         if t.save_every and step % t.save_every == 0 and step < run.total_steps:
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
-        if t.stop_at_step and step == t.stop_at_step and step < run.total_steps:
+        # should_stop() is collective: every rank calls it at every step boundary, so all stop together
+        preempted = preempt.should_stop()
+        if preempted or (step == t.stop_at_step and step < run.total_steps):
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
-            log.info("stop_at_step %d reached: checkpoint saved, continue with --resume auto", step)
-            bar.close()
-            board.close()
-            return {"preempted": True, "step": step}
-        if preempt.should_stop():
-            ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
-            requeued = preempt.requeue() if is_rank0() else False
-            log.warning("preempted at step %d: checkpoint saved%s", step, ", job requeued" if requeued else "")
+            requeued = preempt.requeue() if preempted and is_rank0() else False
+            log.warning("%s at step %d: checkpoint saved%s (continue with --resume auto)",
+                        "preempted" if preempted else "stop_at_step reached", step,
+                        ", job requeued" if requeued else "")
             bar.close()
             board.close()
             return {"preempted": True, "step": step}
@@ -133,7 +132,8 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
         "final": final, "best": {**(state["best"] or final), "step": state["best_step"]},
         "primary_metric": primary, "trainable_params": run.counts.trainable, "total_params": run.counts.total,
         "trainable_ratio": run.counts.ratio, "steps": step, "wall_s": round(wall, 2),
-        "samples_per_s": round(step * t.batch_size * t.grad_accum * run.world / max(wall, 1e-9), 2),
+        # throughput of this job only: a resumed job did not run the steps before its checkpoint
+        "samples_per_s": round((step - first_step) * t.batch_size * t.grad_accum * run.world / max(wall, 1e-9), 2),
         "world_size": run.world, "precision": run.precision, "stopped": stopped,
         "peak_mem_mb": round(peak_memory_mb(run.device), 1),
     }
