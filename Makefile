@@ -22,7 +22,7 @@ demo: install
 	$(PY) -m deepspeed.launcher.runner --num_gpus $(NPROC) megaprompt/train.py --ds_config ds_configs/zero3.json
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 bench: install
 	$(PY) benchmarks/step_time.py

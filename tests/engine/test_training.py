@@ -68,6 +68,16 @@ def test_export_reproduces_dev_metric(baseline, tmp_path):
         assert v == pytest.approx(best[k], abs=1e-9), k
 
 
+def test_predict_under_the_deepspeed_launcher(baseline, tmp_path):
+    # 2 ranks each predict a shard; outputs are gathered and rank 0 writes the same metrics
+    run_ok(["--export", str(baseline / "export"), "--split", "dev", "--output_dir", str(tmp_path)],
+           script=ROOT / "megaprompt" / "predict.py")
+    got = json.loads((tmp_path / "demo_dev_metrics.json").read_text())
+    best = metrics(baseline)["best"]
+    for k, v in got["metrics"].items():
+        assert v == pytest.approx(best[k], abs=1e-9), k
+
+
 def test_stop_and_resume_matches_uninterrupted(baseline, tmp_path):
     out = tmp_path / "resumed"
     run_ok(tiny_args(out, "--stop_at_step", "13"))
