@@ -9,8 +9,10 @@ get no fp32 master copy and no Adam state.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from megaprompt.accounting import ParamCount, count_parameters
 from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_config, load_tokenizer, tiny_checkpoint
 from megaprompt.config import RunConfig
+from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine import ds_config as dsc
 from megaprompt.engine.distributed import barrier, init_distributed, is_rank0, log, setup_logging
 from megaprompt.heads.verbalizer import (MLM_MODEL_TYPES, VerbalizerHead, add_mask_token, has_mlm_head,
@@ -93,6 +96,31 @@ def check_verbalizer(cfg: RunConfig, task: Any, hf_config: Any) -> list[str]:
     return resolve_label_words(cfg.train.label_words, task.label_names)
 
 
+def check_resume(cfg: RunConfig, out: Path, world: int) -> None:
+    """The checkpoint ``--resume`` points at must be complete and written by as many ranks as we have
+    (ZeRO partitions and the data order both depend on the world size)."""
+    path = ckpt.find_resume(out / "checkpoints", cfg.train.resume)
+    if path is None:
+        return
+    saved = json.loads((path / "state.json").read_text()).get("world")
+    if saved is not None and saved != world:
+        raise RunError(f"checkpoint {path} was written by {saved} ranks, this job has {world}: relaunch with "
+                       f"{saved} ranks, or --resume none to start over")
+
+
+def set_aside_previous_run(out: Path) -> None:
+    """``--resume none`` in a directory with an earlier run: move its outputs aside rather than deleting them
+    or mixing them with the new run's (checkpoint rotation would otherwise keep the old, higher steps)."""
+    old = [out / n for n in ("checkpoints", "export", "metrics.json", "tb") if (out / n).exists()]
+    if not old:
+        return
+    dest = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in old:
+        p.rename(dest / p.name)
+    log.warning("--resume none: moved the earlier run's %s to %s", ", ".join(p.name for p in old), dest)
+
+
 def build(cfg: RunConfig) -> Run:
     rank, world, device = init_distributed()
     out = Path(cfg.train.output_dir)
@@ -116,6 +144,7 @@ def build(cfg: RunConfig) -> Run:
         verbalizer = t.head_type == "verbalizer"
         label_words = check_verbalizer(cfg, task, hf_config) if verbalizer else []
         check_output_dir(cfg, out)
+        check_resume(cfg, out, world)
     except (ValueError, OSError) as err:
         raise RunError(str(err)) from None
 
@@ -154,6 +183,8 @@ def build(cfg: RunConfig) -> Run:
     except ValueError as err:
         raise RunError(str(err)) from None
     if is_rank0():
+        if t.resume == "none":
+            set_aside_previous_run(out)
         _atomic_write(out / "config.yaml", cfg.to_yaml())
 
     # ---- model: partitioned at construction under ZeRO-3 ----------------------------------------------------

@@ -88,7 +88,8 @@ def save(engine: Any, ckpt_dir: Path, step: int, state: dict[str, Any], keep: in
     save_file(_rng_tensors(), str(path / f"rng_rank{rank}.safetensors"))
     barrier()
     if is_rank0():
-        (path / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        (path / "state.json").write_text(json.dumps({**state, "step": step, "world": world}, indent=2))
         (path / MARKER).write_text("ok\n")   # last: from here on the checkpoint counts
         _rotate(ckpt_dir, keep)
         log.info("saved resume checkpoint %s", path)
@@ -118,7 +119,9 @@ def load(engine: Any, path: Path) -> dict[str, Any]:
         _set_rng(load_file(str(rng)))
     else:
         log.warning("%s has no RNG state for rank %d (different world size?): dropout masks will differ", path, rank)
-    return json.loads((path / "state.json").read_text())
+    state = json.loads((path / "state.json").read_text())
+    state.pop("world", None)
+    return state
 
 
 def _safe_load(path: str, map_location: Any = None) -> Any:

@@ -3,7 +3,8 @@
 Order: epoch e shuffles all features with ``numpy.random.default_rng(seed + e)``; optimizer step k of the
 epoch consumes the global batch ``perm[k*G:(k+1)*G]`` with G = micro x accum x world; rank r, micro-step
 a takes its micro-batch from that slice. So the data position is fully described by the global step:
-resuming at step s replays nothing and skips nothing, whatever the world size was. The last incomplete
+resuming at step s replays nothing and skips nothing. G (and so the order) depends on the world size, so
+the engine refuses to resume a checkpoint written by a different number of ranks. The last incomplete
 global batch of an epoch is dropped, which keeps every rank doing the same number of collectives.
 """
 from __future__ import annotations
@@ -89,7 +90,9 @@ def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
     flat = torch.from_numpy(np.concatenate([local[i].astype(np.float32).ravel() for i in ids])) if ids \
         else torch.zeros(0)
     world = dist.get_world_size()
-    sizes = torch.tensor([header.shape[0], flat.numel(), ndim], dtype=torch.long)
+    # NCCL groups have no CPU backend: collectives must run on the current GPU there.
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    sizes = torch.tensor([header.shape[0], flat.numel(), ndim], dtype=torch.long, device=dev)
     all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
     dist.all_gather(all_sizes, sizes)
     max_items = int(max(s[0] for s in all_sizes))
@@ -99,12 +102,13 @@ def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
     h[:header.shape[0], :header.shape[1]] = header
     f = torch.zeros(max_flat)
     f[:flat.numel()] = flat
+    h, f = h.to(dev), f.to(dev)
     hs = [torch.empty_like(h) for _ in range(world)]
     fs = [torch.empty_like(f) for _ in range(world)]
     dist.all_gather(hs, h)
     dist.all_gather(fs, f)
     result: dict[int, np.ndarray] = {}
-    for hr, fr in zip(hs, fs):
+    for hr, fr in zip((x.cpu() for x in hs), (x.cpu() for x in fs)):
         off = 0
         for row in hr.tolist():
             if row[0] < 0:

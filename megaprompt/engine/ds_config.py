@@ -103,8 +103,9 @@ def fill_ds_config(cfg: dict[str, Any], run: RunConfig, world_size: int, total_s
             raise DSConfigError(f"{path} sets optimizer.params.lr={user['lr']} but the run config has --lr={t.lr}")
     out["optimizer"] = {"type": "AdamW", "params": opt_params}
     warmup = int(math.ceil(t.warmup_ratio * total_steps))
+    # DeepSpeed's WarmupLR rejects warmup_num_steps=0: "no warmup" is one step that starts at the full lr.
     out["scheduler"] = {"type": "WarmupDecayLR", "params": {
-        "warmup_min_lr": 0.0, "warmup_max_lr": t.lr, "warmup_num_steps": max(warmup, 0),
+        "warmup_min_lr": 0.0 if warmup else t.lr, "warmup_max_lr": t.lr, "warmup_num_steps": max(warmup, 1),
         "total_num_steps": max(total_steps, warmup + 1), "warmup_type": "linear"}}
     out["tensorboard"] = {"enabled": True, "output_path": str(Path(t.output_dir) / "tb"), "job_name": "deepspeed"}
     out.setdefault("steps_per_print", 10**9)   # our own rank-0 logger reports progress

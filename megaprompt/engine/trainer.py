@@ -49,13 +49,13 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     ckpt_dir = run.out / "checkpoints"
     primary = run.task.metric
     state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0}
-    step = first_step = 0
+    step = first_step = last_saved = 0
     resume_from = ckpt.find_resume(ckpt_dir, t.resume)
     if resume_from is not None:
         state = ckpt.load(engine, resume_from)
         step = state.pop("step")
         log.info("resumed from %s at step %d", resume_from, step)
-    first_step = step
+    first_step = last_saved = step
     if preempt is None:
         preempt = PreemptionHandler(max_requeues=t.max_requeues)
         preempt.install()
@@ -110,10 +110,12 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
                 break
         if t.save_every and step % t.save_every == 0 and step < run.total_steps:
             ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+            last_saved = step
         # should_stop() is collective: every rank calls it at every step boundary, so all stop together
         preempted = preempt.should_stop()
         if preempted or (step == t.stop_at_step and step < run.total_steps):
-            ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+            if last_saved != step:   # never delete-and-rewrite the checkpoint just written
+                ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
             requeued = preempt.requeue() if preempted and is_rank0() else False
             log.warning("%s at step %d: checkpoint saved%s (continue with --resume auto)",
                         "preempted" if preempted else "stop_at_step reached", step,
@@ -122,7 +124,8 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
             board.close()
             return {"preempted": True, "step": step}
     bar.close()
-    ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
+    if last_saved != step:
+        ckpt.save(engine, ckpt_dir, step, state, t.keep_checkpoints)
     wall = time.time() - start
     if final is None:    # resumed after the last evaluation had already happened
         final = state["history"][-1] if state["history"] else evaluate(run)

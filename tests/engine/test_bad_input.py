@@ -86,3 +86,16 @@ def test_output_dir_of_another_run(tmp_path, capsys):
 
 def test_unknown_task_suggests(tmp_path, capsys):
     fails(capsys, base(tmp_path, "--task", "conll2033"), "unknown task 'conll2033'")
+
+
+def test_resume_path_that_is_not_a_checkpoint(tmp_path, capsys):
+    fails(capsys, base(tmp_path, "--resume", str(tmp_path)), "not a complete megaprompt checkpoint")
+
+
+def test_resume_with_a_different_world_size(tmp_path, capsys):
+    tag = tmp_path / "out" / "checkpoints" / "step_3"
+    tag.mkdir(parents=True)
+    (tag / "state.json").write_text(json.dumps({"step": 3, "world": 2}))
+    (tag / "COMPLETE").write_text("ok\n")
+    fails(capsys, base(tmp_path), "was written by 2 ranks, this job has 1")
+    assert (tag / "COMPLETE").is_file()

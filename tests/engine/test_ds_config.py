@@ -90,3 +90,10 @@ def test_cpu_accelerator_uses_torch_adam_unless_offloading():
     assert fill_ds_config({}, run, 1, 5, "fp32", True)["optimizer"]["params"]["torch_adam"] is True
     off = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
     assert "torch_adam" not in fill_ds_config(off, run, 1, 5, "fp32", True)["optimizer"]["params"]
+
+
+def test_no_warmup_starts_at_full_lr():
+    # DeepSpeed's WarmupLR rejects 0 warmup steps: a 1-step "warmup" that already starts at the full lr
+    cfg = fill_ds_config({}, parse_args(["--warmup_ratio", "0", "--lr", "2e-3"]), 1, 50, "fp32", True)
+    sched = cfg["scheduler"]["params"]
+    assert sched["warmup_num_steps"] == 1 and sched["warmup_min_lr"] == sched["warmup_max_lr"] == 2e-3

@@ -47,3 +47,16 @@ def test_torchrun_launch_works_too(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["steps"] == 4
+
+
+def test_resume_none_sets_the_earlier_run_aside(tmp_path):
+    first = main(tiny(tmp_path, "--max_steps", "3", "--eval_every", "3"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = main(tiny(tmp_path, "--max_steps", "2", "--eval_every", "2", "--lr", "5e-2", "--resume", "none"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    previous = list(tmp_path.glob("previous-*"))
+    assert len(previous) == 1 and (previous[0] / "checkpoints" / "step_3" / "COMPLETE").is_file()
+    assert (previous[0] / "metrics.json").is_file()
+    # the new run's checkpoints are its own: nothing of the 3-step run is left to be resumed by mistake
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_2"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2
