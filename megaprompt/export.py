@@ -58,6 +58,14 @@ def atomic_dir_write(target: str | os.PathLike, write: Any) -> Path:
     return target
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file so readers see the old or the new content, never a prefix of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_export(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], spec: BackboneSpec,
                 prompt_cfg: PromptConfig, head_kind: str, label_names: list[str], task: str = "",
                 extra: dict[str, Any] | None = None) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from megaprompt.engine import ds_config as dsc
 from megaprompt.engine.distributed import barrier, init_distributed, is_rank0, log, setup_logging
 from megaprompt.heads.verbalizer import (MLM_MODEL_TYPES, VerbalizerHead, add_mask_token, has_mlm_head,
                                          resolve_label_words)
+from megaprompt.export import atomic_write_text
 from megaprompt.model import PromptedModel, build_model
 from megaprompt.tasks import EncodedSplit, get_task
 from megaprompt.tasks.encoding import cached_encode
@@ -185,7 +185,7 @@ def build(cfg: RunConfig) -> Run:
     if is_rank0():
         if t.resume == "none":
             set_aside_previous_run(out)
-        _atomic_write(out / "config.yaml", cfg.to_yaml())
+        atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     # ---- model: partitioned at construction under ZeRO-3 ----------------------------------------------------
     keep_alive: list[Any] = []
@@ -223,12 +223,6 @@ def build(cfg: RunConfig) -> Run:
              f"{counts.total:,}", 100 * counts.ratio, world, device.type, precision)
     return Run(cfg, rank, world, device, task, tokenizer, train, dev, model, engine, ds_config, precision,
                total_steps, counts, out, keep_alive)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 __all__ = ["Run", "RunError", "build"]

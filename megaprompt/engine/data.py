@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megaprompt.engine.distributed import collective_device
 from megaprompt.tasks.base import MODEL_KEYS
 
 
@@ -90,8 +91,7 @@ def gather_outputs(local: dict[int, np.ndarray], n: int) -> list[np.ndarray]:
     flat = torch.from_numpy(np.concatenate([local[i].astype(np.float32).ravel() for i in ids])) if ids \
         else torch.zeros(0)
     world = dist.get_world_size()
-    # NCCL groups have no CPU backend: collectives must run on the current GPU there.
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    dev = collective_device()
     sizes = torch.tensor([header.shape[0], flat.numel(), ndim], dtype=torch.long, device=dev)
     all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
     dist.all_gather(all_sizes, sizes)

@@ -111,15 +111,29 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_true(flag: bool) -> bool:
-    """Agreement across ranks (every rank must call it)."""
+def collective_device() -> torch.device:
+    """Where small collectives must live: NCCL groups have no CPU backend, gloo has only one."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _reduce_flag(flag: bool, op: dist.ReduceOp) -> bool:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([0 if flag else 1], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item() == 0
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=collective_device())
+    dist.all_reduce(t, op=op)
+    return bool(t.item())
+
+
+def all_true(flag: bool) -> bool:
+    """True on every rank iff it is True on every rank (every rank must call it)."""
+    return _reduce_flag(flag, dist.ReduceOp.MIN)
+
+
+def any_true(flag: bool) -> bool:
+    """True on every rank iff it is True on some rank (every rank must call it)."""
+    return _reduce_flag(flag, dist.ReduceOp.MAX)
 
 
 def destroy() -> None:

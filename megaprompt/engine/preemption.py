@@ -82,20 +82,8 @@ class PreemptionHandler:
     def should_stop(self) -> bool:
         """COLLECTIVE when torch.distributed is initialized: every rank must call it at every step
         boundary. Returns True on all ranks as soon as any rank received a signal."""
-        flag = self._flag
-        try:
-            import torch
-            import torch.distributed as dist
-        except ImportError:  # pragma: no cover - torch is a hard dependency of training
-            return flag
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            backend = str(dist.get_backend()).lower()
-            device = torch.device("cpu")
-            if "nccl" in backend and torch.cuda.is_available():
-                device = torch.device("cuda", torch.cuda.current_device())
-            t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
+        from megaprompt.engine.distributed import any_true
+        flag = any_true(self._flag)
         if flag and not self._flag:
             self._flag = True               # remember the agreed decision locally
         if flag and not self._stopped_logged:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from megaprompt.engine.distributed import all_true, is_rank0, log
 from megaprompt.engine.export import export_trainable
 from megaprompt.engine.preemption import PreemptionHandler
 from megaprompt.engine.tb import Board
+from megaprompt.export import atomic_write_text
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -141,9 +141,7 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
         "peak_mem_mb": round(peak_memory_mb(run.device), 1),
     }
     if is_rank0():
-        tmp = run.out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, run.out / "metrics.json")
+        atomic_write_text(run.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     board.hparams(metrics)
     board.close()
     return metrics
