@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from megaprompt.cli import ArgumentParser, one_line
+from megaprompt.files import read_text
+from megaprompt.options import GROUPS, FieldError, check_fields, help_text, opt
 from megaprompt.prompts.config import PromptConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -23,109 +26,118 @@ HEAD_TYPES = ("linear", "verbalizer")
 
 @dataclass
 class DataConfig:
-    task: str = "demo"
+    task: str = opt("demo", "data")
     """Task name (see megaprompt.tasks); ``demo`` is the built-in data set and needs no data_dir."""
-    data_dir: str | None = None
+    data_dir: str | None = opt(None, "data")
     """One task's folder, as officially distributed (None: built-in data or a hub dataset when online)."""
-    max_seq_len: int = 128
+    max_seq_len: int = opt(128, "data", ge=8)
     """Real-token budget per sequence (pt2 prefixes take no positions; lester prompts take prompt_len)."""
-    max_train_examples: int = 0
+    max_train_examples: int = opt(0, "data", ge=0)
     """Use only the first N training examples (0 = all): smoke runs and tests."""
-    max_eval_examples: int = 0
+    max_eval_examples: int = opt(0, "data", ge=0)
     """Use only the first N dev examples (0 = all)."""
 
     def __post_init__(self) -> None:
-        if self.max_seq_len < 8:
-            raise ValueError(f"max_seq_len={self.max_seq_len}: expected >= 8")
-        if self.max_train_examples < 0 or self.max_eval_examples < 0:
-            raise ValueError("max_train_examples / max_eval_examples: expected >= 0")
+        check_fields(self)
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/demo"
-    ds_config: str = "ds_configs/zero3.json"
+    output_dir: str = opt("", "outputs", identity=False)
+    """Run directory: config, log, checkpoints, export, metrics, TensorBoard ('' = runs/<task>-<method>-<backbone>)."""
+    ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed", identity=False)
     """DeepSpeed JSON holding only ZeRO / offload / precision settings; the rest is filled from here."""
-    max_steps: int = 0
+    max_steps: int = opt(0, "training", ge=0)
     """Optimizer steps to run; 0 = derive from epochs."""
-    epochs: float = 3.0
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
+    epochs: float = opt(3.0, "training", ge=0)
+    """Passes over the training set (used when max_steps is 0)."""
+    lr: float = opt(1e-2, "training", gt=0)
+    """Peak learning rate (prompt methods want 5e-3..3e-2, fine-tuning 1e-5..1e-4)."""
+    weight_decay: float = opt(0.0, "training", ge=0)
+    """AdamW weight decay."""
+    warmup_ratio: float = opt(0.1, "training", ge=0, lt=1)
     """Linear warmup over this fraction of steps, then linear decay to 0."""
-    batch_size: int = 16
+    batch_size: int = opt(16, "training", ge=1)
     """Per-device micro batch."""
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    head_dropout: float = 0.1
-    hidden_dropout: float = -1.0
+    grad_accum: int = opt(1, "training", ge=1)
+    """Micro batches per optimizer step (global batch = batch_size x grad_accum x ranks)."""
+    max_grad_norm: float = opt(1.0, "training", ge=0)
+    """Gradient clipping norm (0 = no clipping)."""
+    head_dropout: float = opt(0.1, "model and prompt", ge=0, lt=1)
+    """Dropout before the task head."""
+    hidden_dropout: float = opt(-1.0, "model and prompt")
     """Override the backbone's ``hidden_dropout_prob`` (the official P-tuning-v2 scripts set 0.1/0.2);
     -1 keeps the checkpoint's value. Families without that knob (llama, qwen, ...) ignore it."""
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 1
+    gradient_checkpointing: bool = opt(False, "DeepSpeed", identity=False)
+    """Activation checkpointing of the backbone's layers (less memory, about one more forward pass)."""
+    checkpoint_every: int = opt(1, "DeepSpeed", ge=1, identity=False)
     """With gradient_checkpointing: recompute every N-th layer only (2 = half the recompute, ~1.3x the
     un-checkpointed step instead of ~1.55x, for half the activation saving)."""
-    eval_every: int = 0
+    eval_every: int = opt(0, "training", ge=0)
     """Evaluate every N steps (0 = once per epoch); always at the end."""
-    eval_batch_size: int = 0
+    eval_batch_size: int = opt(0, "training", ge=0, identity=False)
     """0 = 2 x batch_size."""
-    save_every: int = 0
+    save_every: int = opt(0, "outputs", ge=0, identity=False)
     """Save a resume checkpoint every N steps (0 = only at preemption and the end)."""
-    keep_checkpoints: int = 2
-    early_stopping: int = 0
+    keep_checkpoints: int = opt(2, "outputs", ge=1, identity=False)
+    """Resume checkpoints kept (the newest of this run's own history)."""
+    early_stopping: int = opt(0, "training", ge=0)
     """Stop after N evaluations without a new best dev metric (0 = off)."""
-    resume: str = "auto"
-    """auto: newest complete checkpoint in output_dir if any; none: start fresh; or a checkpoint path."""
-    seed: int = 42
-    precision: str = "auto"
+    resume: str = opt("auto", "outputs", identity=False)
+    """auto: newest complete checkpoint of this run in output_dir, if any; none: start fresh (an earlier run's
+    outputs are moved to previous-<time>/); or a checkpoint path (a fork: later checkpoints are moved aside)."""
+    seed: int = opt(42, "training", ge=0, lt=2**32)
+    """Seed of the prompt/head init, dropout and the data order."""
+    precision: str = opt("auto", "DeepSpeed", choices=PRECISIONS)
     """auto: bf16 on GPUs that support it, else fp32."""
-    log_every: int = 10
-    max_requeues: int = 3
+    log_every: int = opt(10, "outputs", ge=1, identity=False)
+    """Log loss, lr and throughput every N steps."""
+    max_requeues: int = opt(3, "outputs", ge=0, identity=False)
     """Slurm: requeue on preemption at most this many times."""
-    stop_at_step: int = 0
+    stop_at_step: int = opt(0, "outputs", ge=0, identity=False)
     """End this job after step N with a resume checkpoint, as a preemption would (0 = off); the schedule
     still spans the whole run, so a later ``--resume auto`` continues exactly. For time-boxed jobs."""
-    head_type: str = "linear"
+    head_type: str = opt("linear", "model and prompt", choices=HEAD_TYPES)
     """linear: the paper's randomly initialised linear head; verbalizer: the backbone's frozen MLM head scores
     label words at an appended [MASK] (classification tasks, encoders with an MLM head; the ablation)."""
-    label_words: str = ""
+    label_words: str = opt("", "model and prompt")
     """Verbalizer only: comma-separated, one word per label in label order (default: the label names)."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}")
-        for name in ("batch_size", "grad_accum", "keep_checkpoints", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
-        for name in ("max_steps", "eval_every", "save_every", "early_stopping", "eval_batch_size", "log_every",
-                     "stop_at_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)}: expected >= 0")
+        check_fields(self)
         if self.max_steps == 0 and self.epochs <= 0:
-            raise ValueError("set max_steps > 0 or epochs > 0")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr}: expected > 0")
+            raise FieldError("epochs", "set max_steps > 0 or epochs > 0")
         if not (self.hidden_dropout == -1.0 or 0 <= self.hidden_dropout < 1):
-            raise ValueError(f"hidden_dropout={self.hidden_dropout}: expected -1 (keep) or a value in [0, 1)")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio={self.warmup_ratio}: expected in [0, 1)")
-        if self.head_type not in HEAD_TYPES:
-            raise ValueError(f"head_type={self.head_type!r}: expected one of {', '.join(HEAD_TYPES)}")
+            raise FieldError("hidden_dropout",
+                             f"hidden_dropout={self.hidden_dropout}: expected -1 (keep) or a value in [0, 1)")
         if self.label_words and self.head_type != "verbalizer":
-            raise ValueError("label_words only applies to --head_type verbalizer")
+            raise FieldError("label_words", "label_words only applies to --head_type verbalizer")
         if self.label_words and not all(w.strip() for w in self.label_words.split(",")):
-            raise ValueError(f"label_words={self.label_words!r}: expected comma-separated non-empty words")
+            raise FieldError("label_words",
+                             f"label_words={self.label_words!r}: expected comma-separated non-empty words")
         if self.resume not in ("auto", "none") and not os.path.isdir(self.resume):
-            raise ValueError(f"resume={self.resume!r}: expected auto, none or an existing checkpoint directory")
+            raise FieldError("resume",
+                             f"resume={self.resume!r}: expected auto, none or an existing checkpoint directory")
+
+
+def default_output_dir(task: str, method: str, backbone: str) -> str:
+    """``runs/<task>-<method>-<backbone>``: distinct runs get distinct directories by default (a local path
+    or hub name contributes its last component, e.g. ``meta-llama/Llama-2-7b-hf`` -> ``Llama-2-7b-hf``)."""
+    name = Path(backbone.rstrip("/\\")).name or "backbone"
+    return str(Path("runs") / f"{task}-{method}-{name}")
 
 
 @dataclass
 class RunConfig:
-    backbone: str = "minilm"
+    backbone: str = opt("minilm", "model and prompt")
     """HF hub name, local path, ``minilm`` (bundled pretrained all-MiniLM-L6-v2) or tiny-bert/-deberta/-llama."""
     prompt: PromptConfig = field(default_factory=PromptConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.train.output_dir:
+            self.train.output_dir = default_output_dir(self.data.task, self.prompt.method, self.backbone)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backbone": self.backbone}
@@ -140,16 +152,23 @@ class RunConfig:
 _SECTIONS = {"prompt": PromptConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def _field_types() -> dict[str, tuple[str | None, Any]]:
-    """flat name -> (section or None, default value) for every config field."""
-    out: dict[str, tuple[str | None, Any]] = {"backbone": (None, RunConfig.backbone)}
+def _field_defs() -> dict[str, tuple[str | None, type, Field]]:
+    """flat name -> (section or None, owning class, dataclass Field) for every config field."""
+    out: dict[str, tuple[str | None, type, Field]] = {"backbone": (None, RunConfig,
+                                                                   RunConfig.__dataclass_fields__["backbone"])}
     for sec, cls in _SECTIONS.items():
         for f in fields(cls):
-            out[f.name] = (sec, cls.__dataclass_fields__[f.name].default)
+            out[f.name] = (sec, cls, f)
     return out
 
 
-FIELDS = _field_types()
+FIELD_DEFS = _field_defs()
+FIELDS: dict[str, tuple[str | None, Any]] = {n: (sec, f.default) for n, (sec, _, f) in FIELD_DEFS.items()}
+
+
+def identity_keys() -> list[str]:
+    """The flat fields that change what a run computes (declared with ``identity=True``, the default)."""
+    return [n for n, (_, _, f) in FIELD_DEFS.items() if f.metadata.get("identity", True)]
 
 
 def _suggest(name: str, valid: list[str]) -> str:
@@ -159,9 +178,11 @@ def _suggest(name: str, valid: list[str]) -> str:
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     default = FIELDS[name][1]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and default is None):
+    if default is None and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
         return None
     try:
+        if value is None or isinstance(value, (dict, list)) and name != "prompt_layers":
+            raise ValueError
         if isinstance(default, bool):
             if isinstance(value, bool):
                 return value
@@ -171,16 +192,20 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 return False
             raise ValueError
         if isinstance(default, int):
+            if isinstance(value, bool):
+                raise ValueError
             f = float(value)
             if f != int(f):
                 raise ValueError
             return int(f)
         if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
-        if isinstance(value, list) and name == "prompt_layers":
+        if isinstance(value, list):   # prompt_layers: [0, 3, 5]
             return ",".join(str(v) for v in value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = type(default).__name__ if default is not None else "str"
         raise ValueError(f"{where}: {name}={value!r}: expected {kind}") from None
 
@@ -196,38 +221,64 @@ def build_config(values: dict[str, Any]) -> RunConfig:
                      train=TrainConfig(**parts["train"]))
 
 
-def load_recipe(path: str) -> dict[str, Any]:
-    """Flat key: value YAML; errors name the file and the offending key."""
+def _key_lines(text: str) -> dict[str, int]:
+    """Line (1-based) of every top-level key of a YAML mapping, for errors that name file:line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+
+
+def load_recipe(path: str, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Flat key: value YAML; errors name file:line and the offending key. ``sources`` (optional) receives
+    ``key -> "file:line"`` so later validation errors can name where a value came from."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--recipe {path}: no such file")
+    text = read_text(p)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{line}: invalid YAML ({one_line(getattr(err, 'problem', err))})") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    lines = _key_lines(text)
     out = {}
     for key, value in data.items():
+        where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)
         if key not in FIELDS:
-            raise ValueError(f"{path}: unknown key {key!r}{_suggest(str(key), list(FIELDS))}")
-        out[key] = _coerce(key, value, path)
+            raise ValueError(f"{where}: unknown key {key!r}{_suggest(str(key), list(FIELDS))}")
+        out[key] = _coerce(key, value, where)
+        if sources is not None:
+            sources[key] = where
     return out
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="megaprompt.train", description="P-Tuning v2 on a frozen backbone with "
-                                "DeepSpeed.", argument_default=argparse.SUPPRESS, allow_abbrev=False)
-    p.add_argument("--recipe", help="YAML recipe of flat config keys; CLI flags override it")
-    p.add_argument("--local_rank", type=int, help="set by the deepspeed launcher (ignored; LOCAL_RANK is read)")
-    for name, (_, default) in FIELDS.items():
+def make_parser() -> ArgumentParser:
+    """The training CLI: one flag per config field, grouped, each with its docstring, default and allowed values."""
+    p = ArgumentParser(prog="megaprompt.train", description="P-Tuning v2 on a frozen backbone with DeepSpeed. "
+                       "Every flag is also a recipe key; later wins: defaults < --recipe < flags.",
+                       argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    p.add_argument("--recipe", help="YAML recipe of flat config keys (a saved command line); CLI flags override it")
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)   # set by the deepspeed launcher
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
+    for name, (_, cls, f) in FIELD_DEFS.items():
         flags = [f"--{name}"] + (["--deepspeed"] if name == "ds_config" else [])
-        if isinstance(default, bool):
-            p.add_argument(*flags, nargs="?", const="true", metavar="BOOL")
+        group = groups[f.metadata.get("group", "model and prompt")]
+        text = help_text(cls, f).replace("%", "%%")
+        if isinstance(f.default, bool):
+            group.add_argument(*flags, nargs="?", const="true", metavar="BOOL", help=text)
         else:
-            p.add_argument(*flags, metavar=type(default).__name__.upper() if default is not None else "STR")
+            choices = f.metadata.get("choices")
+            metavar = ("{" + ",".join(choices) + "}" if choices else
+                       type(f.default).__name__.upper() if f.default is not None else "STR")
+            group.add_argument(*flags, metavar=metavar, help=text)
     return p
 
 
@@ -241,13 +292,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         parser.error(f"unknown flag {flag}{_suggest(name, list(FIELDS) + ['recipe'])}")
     given = vars(ns)
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     try:
         if "recipe" in given:
-            values.update(load_recipe(given.pop("recipe")))
+            values.update(load_recipe(given.pop("recipe"), sources))
         given.pop("local_rank", None)
         for name, value in given.items():
             values[name] = _coerce(name, value, f"--{name}")
+            sources[name] = f"--{name}"
         return build_config(values)
+    except FieldError as err:
+        parser.error(f"{sources.get(err.name, '--' + err.name)}: {err}")
     except ValueError as err:
         parser.error(str(err))
-        raise  # unreachable
+    raise AssertionError("unreachable")   # parser.error exits

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from megaprompt.errors import UserError
 from megaprompt.backbones import BackboneSpec
+from megaprompt.files import atomic_dir_write, repair_dir
 from megaprompt.prompts import PromptConfig
 
 FORMAT = "megaprompt-export"
@@ -30,40 +30,13 @@ VERSION = 1
 CHECKED_FACTS = ("model_type", "num_layers", "hidden_size", "num_kv_heads", "head_dim")
 
 
-class ExportMismatch(ValueError):
+class ExportMismatch(UserError):
     pass
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Trainable tensors as contiguous CPU copies. Under ZeRO-3 call it inside ``GatheredParameters``."""
     return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def atomic_dir_write(target: str | os.PathLike, write: Any) -> Path:
-    """Run ``write(tmpdir)`` then swap the directory into ``target``: readers see old or new, never half."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file so readers see the old or the new content, never a prefix of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_export(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], spec: BackboneSpec,
@@ -86,17 +59,29 @@ def save_export(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], sp
 def read_export(export_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(meta, tensors) of an export directory, with one-line errors for missing or foreign files."""
     d = Path(export_dir)
+    repair_dir(d)          # an export swap that a crash interrupted: put the previous export back
     meta_path, tensor_path = d / "prompt.json", d / "prompt.safetensors"
     for p in (meta_path, tensor_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: missing (expected a megaprompt export directory)")
+            raise ExportMismatch(f"{p}: missing (expected a megaprompt export directory)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ExportMismatch(f"{meta_path}: not valid JSON ({err})") from None
-    if meta.get("format") != FORMAT:
-        raise ExportMismatch(f"{meta_path}: format={meta.get('format')!r}, expected {FORMAT!r}")
-    return meta, load_file(str(tensor_path))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ExportMismatch(f"{meta_path}: not valid JSON ({type(err).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ExportMismatch(f"{meta_path}: format={got!r}, expected {FORMAT!r}")
+    for key, kind in (("backbone", dict), ("prompt", dict), ("head", dict), ("method", str)):
+        if not isinstance(meta.get(key), kind):
+            raise ExportMismatch(f"{meta_path}: {key!r} missing or not a {kind.__name__}")
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as err:       # safetensors raises its own error types for foreign bytes
+        raise ExportMismatch(f"{tensor_path}: not a safetensors file ({type(err).__name__})") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExportMismatch(f"{tensor_path}: tensor {name!r} holds NaN or Inf values (a diverged run?)")
+    return meta, tensors
 
 
 def check_backbone(meta: dict[str, Any], spec: BackboneSpec, where: str = "export") -> None:

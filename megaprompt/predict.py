@@ -1,65 +1,113 @@
 """Predict with an exported prompt: metrics when the split has labels, and leaderboard submission files.
 
-    python -m megaprompt.predict --export runs/rte/export --task rte --data_dir data/RTE --split test
-    deepspeed --num_gpus 2 -m megaprompt.predict ...      # each rank predicts a shard; rank 0 writes
+    python -m megaprompt.predict --export runs/rte-pt2-minilm/export --data_dir data/RTE --split test
+    deepspeed --num_gpus 2 megaprompt/predict.py ...      # each rank predicts a shard; rank 0 writes
 
+The task, the backbone and ``max_seq_len`` are read from the export (``--task`` may name a compatible one).
 The backbone is rebuilt from the export's own record (``backbone_arg``; tiny random backbones from its
 seed) and checked against the export's backbone facts before any tensor is loaded. A verbalizer export
 (``head_type``) gets its MLM head from the backbone checkpoint and the same [MASK] template as training.
+
+Outputs go to ``<run>/predictions/<split>/`` by default (or ``--output_dir``): the submission file in the
+benchmark's own format and ``<task>_<split>_metrics.json``. An existing file is never overwritten unless
+``--overwrite`` says so. Every check that needs no model runs first, so a mistake costs seconds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from megaprompt.cli import ArgumentParser, one_line  # noqa: E402
+from megaprompt.errors import UserError  # noqa: E402
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="megaprompt.predict", description=__doc__.splitlines()[0])
+
+def parse(argv: list[str] | None) -> Any:
+    p = ArgumentParser(prog="megaprompt.predict", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--export", required=True, help="an export directory written by train.py")
     p.add_argument("--task", help="task name (default: the export's task)")
     p.add_argument("--data_dir", help="the task's folder (default: built-in / hub)")
-    p.add_argument("--split", default="test", help="train, dev or test (default test)")
-    p.add_argument("--output_dir", help="where predictions go (default: <export>/../predictions)")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--split", default="test", help="train, dev or test (default: test)")
+    p.add_argument("--output_dir", help="where predictions go (default: <export>/../predictions/<split>)")
+    p.add_argument("--overwrite", action="store_true", help="replace prediction files that already exist")
+    p.add_argument("--batch_size", type=int, default=32, help="examples per forward pass (default: 32)")
     p.add_argument("--max_seq_len", type=int, help="default: the training run's")
-    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)    # set by the deepspeed launcher
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch_size {args.batch_size}: expected >= 1")
+    if args.max_seq_len is not None and args.max_seq_len < 8:
+        p.error(f"--max_seq_len {args.max_seq_len}: expected >= 8")
+    return args
 
 
-def predict(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
+@dataclass
+class Plan:
+    """What the cheap checks resolved."""
 
-    from megaprompt.backbones.load import load_backbone, load_tokenizer
-    from megaprompt.engine.data import split_outputs
-    from megaprompt.engine.distributed import init_distributed, is_rank0, log, setup_logging
-    from megaprompt.export import load_export, read_export
-    from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
-    from megaprompt.model import build_model
-    from megaprompt.prompts import PromptConfig
+    meta: dict[str, Any]
+    task: Any
+    max_seq_len: int
+    out: Path
+
+
+def check(args: Any) -> Plan:
+    """Everything that needs no model: the export, the task and its data, the position limit, the output files."""
+    from megaprompt.backbones.load import load_config
+    from megaprompt.engine.preflight import check_positions
+    from megaprompt.export import read_export
+    from megaprompt.files import check_writable
     from megaprompt.tasks import get_task
-    from megaprompt.tasks.encoding import cached_encode
 
-    rank, world, device = init_distributed()
-    setup_logging()
     meta, _ = read_export(args.export)
     task = get_task(args.task or meta["task"], data_dir=args.data_dir)
     if meta.get("label_names") and list(task.label_names) != meta["label_names"]:
         if task.label_names:    # a fixed label set that differs: this export belongs to another task
-            raise ValueError(f"--task {task.name} has labels {task.label_names} but the export was trained with "
-                             f"{meta['label_names']}")
+            raise UserError(f"--task {task.name} has labels {task.label_names} but the export was trained with "
+                            f"{meta['label_names']}")
         task = get_task(args.task or meta["task"], data_dir=args.data_dir, label_names=meta["label_names"])
+    if task.head != meta["head"]["kind"]:
+        raise UserError(f"--task {task.name} needs a {task.head!r} head but the export has "
+                        f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
+    if args.data_dir is not None:
+        task.split_path(args.data_dir, args.split)       # presence only
+    max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)
+    check_positions(load_config(meta["backbone_arg"]), meta["backbone_arg"], max_seq_len, meta["method"],
+                    meta["prompt"].get("prompt_len", 0))
+    out = Path(args.output_dir) if args.output_dir else Path(args.export).resolve().parent / "predictions" / args.split
+    check_writable(out, "--output_dir")
+    metrics_file = out / f"{task.name}_{args.split}_metrics.json"
+    if not args.overwrite and metrics_file.exists():
+        raise UserError(f"{metrics_file} exists (predictions of an earlier call): pass --overwrite to replace "
+                        f"them, or another --output_dir")
+    return Plan(meta, task, max_seq_len, out)
+
+
+def predict(args: Any) -> dict[str, Any]:
+    from megaprompt.backbones.load import load_backbone, load_tokenizer
+    from megaprompt.engine.data import split_outputs
+    from megaprompt.engine.distributed import init_distributed, is_rank0, setup_logging
+    from megaprompt.export import load_export
+    from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
+    from megaprompt.model import build_model
+    from megaprompt.prompts import PromptConfig
+    from megaprompt.tasks.encoding import cached_encode
+
+    try:
+        plan = check(args)
+    except ValueError as err:         # unknown task or split, bad export: the message names it
+        raise UserError(one_line(err)) from None
+    meta, task = plan.meta, plan.task
     if meta.get("null_threshold") is not None and hasattr(task, "null_threshold"):
         task.null_threshold = meta["null_threshold"]
-    if task.head != meta["head"]["kind"]:
-        raise ValueError(f"--task {task.name} needs a {task.head!r} head but the export has "
-                         f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
+    rank, world, device = init_distributed()
+    setup_logging()
     verbalizer = meta.get("head_type", "linear") == "verbalizer"
     tokenizer = load_tokenizer(meta["backbone_arg"])
     backbone, _, *mlm = load_backbone(meta["backbone_arg"], seed=meta.get("seed", 0), with_mlm_head=verbalizer)
@@ -68,45 +116,72 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
                         name=meta["backbone_arg"], head=head)
     load_export(model, args.export)
     model.to(device).eval()
-    examples = task.load(args.data_dir, args.split)
-    max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)
-    split = cached_encode(task, args.split, examples, tokenizer, max_seq_len)
+    try:
+        examples = task.load(args.data_dir, args.split)
+    except ValueError as err:
+        raise UserError(one_line(err)) from None
+    split = cached_encode(task, args.split, examples, tokenizer, plan.max_seq_len)
     if verbalizer:
-        split = replace(split, features=add_mask_token(split.features, tokenizer, max_seq_len))
+        split = replace(split, features=add_mask_token(split.features, tokenizer, plan.max_seq_len))
     outputs = split_outputs(lambda b: model(**b)["logits"], task.head, split, tokenizer.pad_token_id,
                             args.batch_size, rank, world, device)
-    result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(examples)}
+    result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(examples),
+                              "features": len(split)}
     if task.labelled(examples):
         result["metrics"] = {k: float(v) for k, v in task.evaluate(outputs, split).items()}
     if is_rank0():
-        out = Path(args.output_dir or Path(args.export).resolve().parent / "predictions")
-        out.mkdir(parents=True, exist_ok=True)
         preds = task.predict(outputs, split)
-        files = _write_submission(task, preds, split, out, args.split)
+        files = _write_submission(task, preds, split, plan.out, args.split, args.overwrite)
         result["files"] = [str(f) for f in files]
-        (out / f"{task.name}_{args.split}_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        log.info("%s", json.dumps(result))
-    del torch
+        metrics_file = plan.out / f"{task.name}_{args.split}_metrics.json"
+        from megaprompt.files import atomic_write_text
+        atomic_write_text(metrics_file, json.dumps(result, indent=2) + "\n")
+        _summary(result, metrics_file)
     return result
 
 
-def _write_submission(task: Any, preds: list[Any], split: Any, out: Path, split_name: str) -> list[Path]:
+def _write_submission(task: Any, preds: list[Any], split: Any, out: Path, split_name: str,
+                      overwrite: bool) -> list[Path]:
+    """The benchmark-format file(s), written to a scratch directory first so an existing file is never replaced
+    unless ``overwrite`` (two splits share a leaderboard file name, e.g. ``RTE.jsonl``)."""
+    import shutil
+    import tempfile
+
+    from megaprompt.files import follow_umask
+    from megaprompt.tasks.submission import write_submission
+
+    scratch = Path(tempfile.mkdtemp(prefix=".predict-", dir=out))
     try:
-        from megaprompt.tasks.submission import write_submission
-    except ImportError:
-        path = out / f"{task.name}_{split_name}.jsonl"
-        path.write_text("".join(json.dumps({"idx": i, "label": p}) + "\n" for i, p in enumerate(preds)))
-        return [path]
-    return list(write_submission(task, preds, split, out, split_name))
+        written = list(write_submission(task, preds, split, scratch, split_name))
+        final = [out / f.relative_to(scratch) for f in written]
+        clash = [f for f in final if f.exists()]
+        if clash and not overwrite:
+            raise UserError(f"{clash[0]} exists (another split or an earlier call wrote it): pass --overwrite to "
+                            f"replace it, or another --output_dir")
+        for src, dst in zip(written, final):
+            follow_umask(src, directory=False)
+            src.replace(dst)
+        return final
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _summary(result: dict[str, Any], metrics_file: Path) -> None:
+    lines = [f"predict {result['task']} / {result['split']}: {result['examples']} examples "
+             f"({result['features']} features)"]
+    if "metrics" in result:
+        lines.append("metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in result["metrics"].items()))
+    lines += [f"wrote {f}" for f in result["files"]] + [f"wrote {metrics_file}"]
+    print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from megaprompt.engine.distributed import destroy
+    from megaprompt.engine.distributed import destroy, log_error
     try:
         predict(args)
-    except (ValueError, OSError) as err:
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        log_error(UserError(one_line(err)))
         return 2
     finally:
         destroy()

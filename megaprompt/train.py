@@ -16,23 +16,25 @@ from megaprompt.config import parse_args  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    from megaprompt.engine import RunError, build, train
-    from megaprompt.engine.distributed import destroy, log
+    cfg = parse_args(argv)                 # a bad flag or recipe: one line, exit 2
+    from megaprompt.engine import build, train
+    from megaprompt.engine.distributed import destroy, log_error
     from megaprompt.engine.preemption import PreemptionHandler
     from megaprompt.engine.report import report
+    from megaprompt.errors import UserError
+    from megaprompt.rundir import release_all
     preempt = PreemptionHandler(max_requeues=cfg.train.max_requeues)
     preempt.install()   # first: a Slurm signal during model loading must stop at step 1, not kill the ranks
     try:
         run = build(cfg)
         metrics = train(run, preempt)
         report(run, metrics)
-    except (RunError, FloatingPointError) as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+    except (UserError, FloatingPointError) as err:
+        log_error(err)                     # rank 0: one line on stderr (and in this run's train.log)
         return 2
     finally:
         preempt.uninstall()
+        release_all()
         destroy()
     return 0
 

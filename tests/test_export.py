@@ -125,8 +125,55 @@ def test_corrupt_or_foreign_files_give_one_line_errors(tiny, tmp_path):
     meta_path.write_text(json.dumps({**json.loads(good), "format": "something-else"}))
     with pytest.raises(ExportMismatch, match="format='something-else'"):
         load_export(model, tmp_path / "e")
-    with pytest.raises(FileNotFoundError, match="prompt.json: missing"):
+    with pytest.raises(ExportMismatch, match="prompt.json: missing"):
         read_export(tmp_path / "nowhere")
+
+
+def test_nan_tensors_are_refused_naming_the_tensor(tiny, tmp_path):
+    model = build(tiny, "bert")
+    tensors = trainable_state_dict(model)
+    tensors["head.out.bias"][0] = float("nan")
+    save_export(tmp_path / "e", tensors, model.spec, model.prompt_cfg, "cls", ["neg", "pos"], task="demo")
+    with pytest.raises(ExportMismatch, match=r"prompt.safetensors: tensor 'head.out.bias' holds NaN") as err:
+        read_export(tmp_path / "e")
+    assert "\n" not in str(err.value)
+
+
+def test_a_crash_between_the_two_renames_is_repaired(tiny, tmp_path, monkeypatch):
+    """Kill the swap after the old export is parked and before the new one is renamed in: the next reader and the
+    next writer both find the old, complete export - never no export at all."""
+    a, b = build(tiny, "bert", seed=0), build(tiny, "bert", seed=1)
+    export(a, tmp_path / "e")
+    real_rename = type(tmp_path).rename
+
+    def crash_on_second_rename(self, target):
+        if self.name.startswith(".e.tmp-"):
+            raise KeyboardInterrupt("crash between the two renames")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "rename", crash_on_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        export(b, tmp_path / "e")
+    monkeypatch.undo()
+    # the writer's own clean-up already restored it; simulate the harder case of a hard kill (no clean-up ran)
+    (tmp_path / "e").rename(tmp_path / ".e.old")
+    assert not (tmp_path / "e").exists()
+    _, tensors = read_export(tmp_path / "e")        # the reader repairs
+    assert torch.equal(tensors["prompt.table"], a.prompt.table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_exports_follow_the_umask(tiny, tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        export(build(tiny, "bert"), tmp_path / "e")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "e").stat().st_mode) == 0o755
+    for f in (tmp_path / "e").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
 
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tiny, tmp_path):

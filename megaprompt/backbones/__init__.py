@@ -1,6 +1,7 @@
 """Backbone families megaprompt can prompt, and the registry that picks an adapter by ``model_type``."""
 from __future__ import annotations
 
+from megaprompt.errors import UserError
 from megaprompt.backbones.attention import ATTN_NAME, PrefixHolder, PrefixState
 from megaprompt.backbones.base import BackboneAdapter, BackboneSpec, spec_from_config
 from megaprompt.backbones.bert import BertAdapter
@@ -15,7 +16,7 @@ for _adapter in (BertAdapter(), DebertaAdapter(), DecoderAdapter()):
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_ADAPTERS))
 
 
-class UnsupportedBackbone(ValueError):
+class UnsupportedBackbone(UserError):
     pass
 
 

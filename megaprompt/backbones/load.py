@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer, PretrainedConfig
 
+from megaprompt.errors import UserError
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
 
 _TINY_COMMON = dict(vocab_size=30522, max_position_embeddings=512, pad_token_id=0)
@@ -46,7 +47,7 @@ BUNDLED = ("minilm",)
 logger = logging.getLogger("megaprompt")
 
 
-class BackboneNotFound(ValueError):
+class BackboneNotFound(UserError):
     pass
 
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from megaprompt.errors import UserError
 from megaprompt.accounting import ParamCount, count_parameters, numel
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES
 from megaprompt.costs.presets import PRESETS, preset_names
@@ -38,7 +39,7 @@ from megaprompt.prompts.config import METHODS, REPARAMS, PromptConfig
 RATIOS = (Fraction(1, 1000), Fraction(3, 100))   # the paper's "0.1%-3% of the parameters"
 
 
-class CostInputError(ValueError):
+class CostInputError(UserError):
     """Bad user input for the cost tools; the CLIs turn it into a one-line argparse error."""
 
 

@@ -1,11 +1,17 @@
-"""Build a run: validate cheap things first, then data, then the ZeRO-partitioned model and its engine.
+"""Build a run: cheap checks first (``preflight``), then the output directory, data, and the model and engine.
 
-Order matters for ZeRO-3: the ``HfDeepSpeedConfig`` must be alive *before* ``from_pretrained`` /
-``from_config`` so transformers constructs every layer inside ``deepspeed.zero.Init`` and no rank ever
-holds the full backbone. The prompt and head are small and built afterwards on every rank (same seed, so
-identical), cast to the backbone's dtype (else bf16 runs fail with "mixed dtype"), and converted to ZeRO-3
-parameters by ``deepspeed.initialize``. Only trainable parameters reach the optimizer, so frozen weights
-get no fp32 master copy and no Adam state.
+Order matters:
+
+* ``preflight`` runs on every rank before any process group exists, so a user's mistake stops every rank
+  in seconds with one line, before DeepSpeed builds an op or anything is written.
+* The process group comes next (torch only), so rank 0 can take the output directory's lock and set earlier
+  outputs aside while the others wait for its verdict - all ranks then succeed or fail together.
+* ZeRO-3: the ``HfDeepSpeedConfig`` must be alive *before* ``from_pretrained`` / ``from_config`` so
+  transformers constructs every layer inside ``deepspeed.zero.Init`` and no rank ever holds the full
+  backbone. The prompt and head are small and built afterwards on every rank (same seed, so identical), cast
+  to the backbone's dtype (else bf16 runs fail with "mixed dtype"), and converted to ZeRO-3 parameters by
+  ``deepspeed.initialize``. Only trainable parameters reach the optimizer, so frozen weights get no fp32
+  master copy and no Adam state.
 """
 from __future__ import annotations
 
@@ -19,27 +25,21 @@ from typing import Any
 import torch
 
 from megaprompt.accounting import ParamCount, count_parameters
-from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_config, load_tokenizer, tiny_checkpoint
+from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_tokenizer, tiny_checkpoint
+from megaprompt.cli import one_line
 from megaprompt.config import RunConfig
 from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine import ds_config as dsc
-from megaprompt.engine.distributed import barrier, init_distributed, is_rank0, log, setup_logging
-from megaprompt.heads.verbalizer import (MLM_MODEL_TYPES, VerbalizerHead, add_mask_token, has_mlm_head,
-                                         resolve_label_words)
-from megaprompt.export import atomic_write_text
+from megaprompt.engine.distributed import (any_true, barrier, init_deepspeed_comm, init_process_group, is_rank0, log,
+                                           rank0_first, setup_logging)
+from megaprompt.engine.preflight import Preflight, RunError, preflight
+from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
 from megaprompt.model import PromptedModel, build_model
-from megaprompt.tasks import EncodedSplit, get_task
+from megaprompt.rundir import RunDirError, RunDirLock, earlier_outputs, set_aside, write_config
+from megaprompt.tasks import EncodedSplit
 from megaprompt.tasks.encoding import cached_encode
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Keys that define what a run computes: a different value in an existing output_dir is another run.
-IDENTITY_KEYS = ("backbone", "method", "prompt_len", "reparam", "mlp_hidden", "prompt_layers", "task", "data_dir",
-                 "max_seq_len", "lr", "batch_size", "grad_accum", "seed", "precision", "weight_decay", "init",
-                 "head_type", "label_words")
-
-
-class RunError(ValueError):
-    """A user mistake detected before training; the message is one line."""
 
 
 @dataclass
@@ -59,119 +59,102 @@ class Run:
     total_steps: int
     counts: ParamCount
     out: Path
+    pre: Preflight
+    lock: RunDirLock | None
     keep_alive: list[Any] = field(default_factory=list)   # HfDeepSpeedConfig must outlive model building
 
 
-def position_limit(config: Any) -> int | None:
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and config.model_type in ("roberta", "xlm-roberta"):
-        limit -= config.pad_token_id + 1     # RoBERTa positions start after the padding index
-    return limit
+def fork_leftovers(out: Path, fork: Path) -> list[Path]:
+    """What a fork (``--resume PATH``) must set aside: outputs of the abandoned future of this directory.
+
+    A fork from this directory's own history keeps the checkpoints up to the fork point (its ancestors) and an
+    export written by then; later checkpoints, the HEAD pointer, metrics, TensorBoard and a later export go. A
+    fork from elsewhere shares no history with this directory: everything goes, as with ``--resume none``.
+    """
+    ckpt_dir = out / "checkpoints"
+    if fork.resolve().parent != ckpt_dir.resolve():
+        return earlier_outputs(out)
+    step = ckpt.read_state(fork)["step"]
+    later = [p for p in ckpt_dir.iterdir()
+             if (m := ckpt.TAG_RE.match(p.name)) and int(m.group(1)) > step]
+    leftovers = later + [ckpt_dir / ckpt.HEAD, out / "metrics.json", out / "tb"]
+    meta = out / "export" / "prompt.json"
+    try:
+        export_step = json.loads(meta.read_text(encoding="utf-8")).get("step") if meta.is_file() else None
+    except (ValueError, OSError):
+        export_step = None
+    if (out / "export").exists() and not (isinstance(export_step, int) and export_step <= step):
+        leftovers.append(out / "export")
+    return leftovers
 
 
-def check_output_dir(cfg: RunConfig, out: Path) -> None:
-    """Refuse to mix two runs' checkpoints in one directory unless --resume says which to use."""
-    saved = out / "config.yaml"
-    if not (out / "checkpoints").is_dir() or not saved.is_file() or cfg.train.resume != "auto":
-        return
-    import yaml
-    old = yaml.safe_load(saved.read_text()) or {}
-    new = cfg.flat()
-    for key in IDENTITY_KEYS:
-        if key in old and old[key] != new[key]:
-            raise RunError(f"{out} holds checkpoints of another run ({key}: {old[key]!r} there, {new[key]!r} now); "
-                           f"use another --output_dir, --resume none to start over, or --resume PATH")
-
-
-def check_verbalizer(cfg: RunConfig, task: Any, hf_config: Any) -> list[str]:
-    """The verbalizer's preconditions, as one-line errors; returns the label words, one per label."""
-    if task.head != "cls":
-        raise RunError(f"--head_type verbalizer needs a classification task; {task.name} has a {task.head!r} head")
-    if not has_mlm_head(hf_config):
-        raise RunError(f"--head_type verbalizer needs an encoder with an MLM head ({', '.join(MLM_MODEL_TYPES)}); "
-                       f"{cfg.backbone} is {hf_config.model_type}")
-    if cfg.prompt.method == "head":
-        raise RunError("--head_type verbalizer with --method head has nothing to train (the MLM head stays "
-                       "frozen); use pt2, lester or ft")
-    return resolve_label_words(cfg.train.label_words, task.label_names)
-
-
-def check_resume(cfg: RunConfig, out: Path, world: int) -> None:
-    """The checkpoint ``--resume`` points at must be complete and written by as many ranks as we have
-    (ZeRO partitions and the data order both depend on the world size)."""
-    path = ckpt.find_resume(out / "checkpoints", cfg.train.resume)
-    if path is None:
-        return
-    saved = json.loads((path / "state.json").read_text()).get("world")
-    if saved is not None and saved != world:
-        raise RunError(f"checkpoint {path} was written by {saved} ranks, this job has {world}: relaunch with "
-                       f"{saved} ranks, or --resume none to start over")
-
-
-def set_aside_previous_run(out: Path) -> None:
-    """``--resume none`` in a directory with an earlier run: move its outputs aside rather than deleting them
-    or mixing them with the new run's (checkpoint rotation would otherwise keep the old, higher steps)."""
-    old = [out / n for n in ("checkpoints", "export", "metrics.json", "tb") if (out / n).exists()]
-    if not old:
-        return
-    dest = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in old:
-        p.rename(dest / p.name)
-    log.warning("--resume none: moved the earlier run's %s to %s", ", ".join(p.name for p in old), dest)
+def claim_output_dir(cfg: RunConfig, pre: Preflight, out: Path) -> tuple[RunDirLock | None, list[str]]:
+    """Rank 0 locks ``out``, sets earlier outputs aside as ``--resume`` asks and writes ``config.yaml``; every
+    rank learns the verdict (collective), so all fail together. Returns the lock and lines to log."""
+    lock, notes, error = None, [], None
+    if is_rank0():
+        try:
+            lock = RunDirLock(out).acquire()
+            if lock.stale:
+                notes.append(f"took over the stale lock of a run that is gone (host {lock.stale.get('host')}, "
+                             f"pid {lock.stale.get('pid')})")
+            moved = None
+            if cfg.train.resume == "none":
+                moved = set_aside(out, earlier_outputs(out))
+            elif pre.fork:
+                leftovers = fork_leftovers(out, pre.resume_from)
+                saved = out / "config.yaml"
+                if saved.is_file() and saved.read_text(encoding="utf-8") != cfg.to_yaml():
+                    leftovers.append(saved)
+                moved = set_aside(out, leftovers)
+            if moved is not None:
+                notes.append(f"--resume {cfg.train.resume}: moved the earlier run's "
+                             f"{', '.join(sorted(p.name for p in moved.iterdir()))} to {moved}")
+            write_config(out, cfg.to_yaml())
+        except (RunDirError, ckpt.CheckpointError, OSError) as err:
+            error = one_line(err)
+            if lock is not None:
+                lock.release()
+    if any_true(error is not None):
+        raise RunError(error or "rank 0 could not claim the output directory")
+    return lock, notes
 
 
 def build(cfg: RunConfig) -> Run:
-    rank, world, device = init_distributed()
+    pre = preflight(cfg)                                   # every rank: cheap checks, nothing written yet
+    rank, world, device = init_process_group()             # torch only: no DeepSpeed op yet
     out = Path(cfg.train.output_dir)
-    if is_rank0():
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
+    lock, notes = claim_output_dir(cfg, pre, out)
     setup_logging(str(out / "train.log"))
+    for note in notes:
+        log.warning("%s", note)
     t, d, p = cfg.train, cfg.data, cfg.prompt
-
-    # ---- cheap validation first: every rank would fail the same way, before any heavy work --------------
-    try:
-        raw_ds = dsc.read_ds_config(t.ds_config)
-        hf_config = load_config(cfg.backbone)
-        limit = position_limit(hf_config)
-        need = d.max_seq_len + (p.prompt_len if p.method == "lester" else 0)
-        if limit and need > limit:
-            extra = f" + prompt_len {p.prompt_len} (lester prompts take positions)" if p.method == "lester" else ""
-            raise RunError(f"max_seq_len {d.max_seq_len}{extra} = {need} exceeds {cfg.backbone}'s "
-                           f"{limit} positions")
-        task = get_task(d.task, data_dir=d.data_dir)
-        verbalizer = t.head_type == "verbalizer"
-        label_words = check_verbalizer(cfg, task, hf_config) if verbalizer else []
-        check_output_dir(cfg, out)
-        check_resume(cfg, out, world)
-    except (ValueError, OSError) as err:
-        raise RunError(str(err)) from None
-
-    from deepspeed.accelerator import get_accelerator
+    task, raw_ds, precision, label_words = pre.task, pre.raw_ds, pre.precision, pre.label_words
+    verbalizer = t.head_type == "verbalizer"
     on_cpu = device.type == "cpu"
-    bf16_ok = not on_cpu and get_accelerator().is_bf16_supported()
-    precision = dsc.resolve_precision(t.precision, raw_ds, not on_cpu, bf16_ok, t.ds_config)
 
-    # ---- data ---------------------------------------------------------------------------------------------
+    # ---- data: rank 0 reads and tokenizes first (filling the feature cache), then the others read the cache --
+    t0 = time.time()
     tokenizer = load_tokenizer(cfg.backbone)
-    # rank 0 tokenizes first and fills the feature cache; the others then read it instead of re-tokenizing
-    splits: dict[str, EncodedSplit] = {}
     limits = {"train": d.max_train_examples, "dev": d.max_eval_examples}
-    for turn in (0, 1):
-        if (rank == 0) == (turn == 0):
-            for split in ("train", "dev"):
-                try:
-                    examples = task.load(d.data_dir, split)
-                except (ValueError, OSError) as err:
-                    raise RunError(str(err)) from None
-                if limits[split]:   # cut examples, not features: QA windows of one question stay together
-                    examples = examples[:limits[split]]
-                splits[split] = cached_encode(task, split, examples, tokenizer, d.max_seq_len)
-        barrier()
+
+    def load_splits() -> dict[str, EncodedSplit]:
+        splits = {}
+        for split in ("train", "dev"):
+            try:
+                examples = task.load(d.data_dir, split)
+            except (ValueError, OSError) as err:
+                raise RunError(one_line(err)) from None
+            if limits[split]:   # cut examples, not features: QA windows of one question stay together
+                examples = examples[:limits[split]]
+            splits[split] = cached_encode(task, split, examples, tokenizer, d.max_seq_len)
+        return splits
+
+    splits = rank0_first(load_splits)
     train, dev = splits["train"], splits["dev"]
     if verbalizer:   # after the feature cache, which stays head-agnostic: "<text> [SEP] <pair> [MASK] [SEP]"
         train, dev = (replace(s, features=add_mask_token(s.features, tokenizer, d.max_seq_len)) for s in (train, dev))
+    log.info("data: %d train / %d dev features of %s (%.1f s)", len(train), len(dev), task.name, time.time() - t0)
     global_batch = t.batch_size * t.grad_accum * world
     steps_per_epoch = len(train) // global_batch
     if steps_per_epoch == 0:
@@ -181,13 +164,11 @@ def build(cfg: RunConfig) -> Run:
     try:
         ds_config = dsc.fill_ds_config(raw_ds, cfg, world, total_steps, precision, on_cpu, t.ds_config)
     except ValueError as err:
-        raise RunError(str(err)) from None
-    if is_rank0():
-        if t.resume == "none":
-            set_aside_previous_run(out)
-        atomic_write_text(out / "config.yaml", cfg.to_yaml())
+        raise RunError(one_line(err)) from None
 
     # ---- model: partitioned at construction under ZeRO-3 ----------------------------------------------------
+    t0 = time.time()
+    init_deepspeed_comm()
     keep_alive: list[Any] = []
     if cfg.backbone in TINY_CONFIGS:   # write the random-init checkpoint before ZeRO-3 hooks are armed
         tiny_checkpoint(cfg.backbone, t.seed)
@@ -218,11 +199,12 @@ def build(cfg: RunConfig) -> Run:
     import deepspeed
     trainable = [q for q in model.parameters() if q.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
-    log.info("backbone %s (%s, %d layers) | method %s | trainable %s / %s params (%.4f%%) | %d ranks, %s, %s",
-             cfg.backbone, model.spec.model_type, model.spec.num_layers, p.method, f"{counts.trainable:,}",
-             f"{counts.total:,}", 100 * counts.ratio, world, device.type, precision)
+    log.info("backbone %s (%s, %d layers) | method %s | trainable %s / %s params (%.4f%%) | %d ranks, %s, %s "
+             "(model and engine %.1f s)", cfg.backbone, model.spec.model_type, model.spec.num_layers, p.method,
+             f"{counts.trainable:,}", f"{counts.total:,}", 100 * counts.ratio, world, device.type, precision,
+             time.time() - t0)
     return Run(cfg, rank, world, device, task, tokenizer, train, dev, model, engine, ds_config, precision,
-               total_steps, counts, out, keep_alive)
+               total_steps, counts, out, pre, lock, keep_alive)
 
 
 __all__ = ["Run", "RunError", "build"]

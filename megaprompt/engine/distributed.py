@@ -13,17 +13,34 @@ import os
 import socket
 import sys
 import warnings
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger("megaprompt")
+T = TypeVar("T")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _extensions_dir() -> str:
+    """Where DeepSpeed's JIT ops are built: one directory per (torch, DeepSpeed, Python) build.
+
+    torch's default (``~/.cache/torch_extensions/py311_cpu``) is shared by every environment on the machine, and
+    a build made by one torch is rebuilt by the next (its build file records the compiler flags of the torch
+    that wrote it), so environments took turns recompiling for about a minute on nearly every run.
+    """
+    import deepspeed
+    import torch
+
+    key = f"torch{torch.__version__}-ds{deepspeed.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return str(Path.home() / ".cache" / "megaprompt" / "torch_extensions" / key.replace("+", "_"))
 
 
 def setup_env() -> None:
@@ -36,34 +53,86 @@ def setup_env() -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Idempotent."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    setup_env()
+def _quiet_deepspeed_imports() -> None:
     # torch.distributed deprecation notices fire on every ZeRO step from inside DeepSpeed: not actionable here.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated.*")
+
+
+def init_process_group() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device): torch.distributed only (NCCL on CUDA, gloo on the CPU accelerator).
+
+    Cheap: no DeepSpeed op is built or loaded, so the ranks can agree on the output directory (the lock) and
+    fail together before the expensive part. Idempotent.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    setup_env()
+    _quiet_deepspeed_imports()
     acc = get_accelerator()
     on_cpu = acc.device_name() == "cpu"
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if on_cpu else acc.communication_backend_name(),
-                                   verbose=False)
     local = int(os.environ["LOCAL_RANK"])
-    device = torch.device("cpu") if on_cpu else torch.device(acc.device_name(), local)
     if not on_cpu:
         acc.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo" if on_cpu else acc.communication_backend_name(),
+                                init_method="env://")
+    device = torch.device("cpu") if on_cpu else torch.device(acc.device_name(), local)
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def init_deepspeed_comm() -> None:
+    """DeepSpeed's communication layer over the existing process group.
+
+    On the CPU accelerator DeepSpeed compiles a shared-memory all-reduce op here. A one-process run never
+    communicates, so it builds none; multi-rank runs build it once per environment (``_extensions_dir``) and
+    rank 0 says so first, since the build is a minute of silence.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    # by module path: ``deepspeed.comm`` has an attribute ``torch`` (the torch package) that shadows it
+    ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", _extensions_dir())
+    on_cpu = get_accelerator().device_name() == "cpu"
+    saved = ds_torch_comm.build_shm_op
+    if on_cpu and dist.get_world_size() == 1:
+        ds_torch_comm.build_shm_op = lambda: None          # nothing to all-reduce in a world of one
+    elif on_cpu and is_rank0():
+        built = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+        if not built.is_file():
+            log.info("compiling DeepSpeed's CPU shared-memory communication op into %s (once per torch/DeepSpeed "
+                     "build; about a minute)", built.parent)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):    # "DeepSpeed ... built successfully", every run
+            deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
+    finally:
+        ds_torch_comm.build_shm_op = saved
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device) with DeepSpeed's communication layer ready. Idempotent."""
+    rank, world, device = init_process_group()
+    init_deepspeed_comm()
+    return rank, world, device
+
+
 def is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Global rank 0; before the process group exists, as the launcher's environment says (preflight errors)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
 _saved_logging: dict[str, object] = {}
@@ -89,6 +158,25 @@ def setup_logging(log_file: str | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)   # DeepSpeed is chatty at INFO on every rank
+
+
+def log_error(err: BaseException) -> None:
+    """A user's mistake, reported once: one line on stderr from rank 0, and the same line in the run's
+    ``train.log`` when this run owns one (never in another run's: the log opens only after the checks)."""
+    from megaprompt.cli import fail, one_line
+
+    if not is_rank0():
+        return
+    try:    # a progress bar left open mid-line would swallow the start of the error line
+        from tqdm import tqdm
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except ImportError:
+        pass
+    fail(err)
+    for h in _saved_logging.get("handlers", []):
+        if isinstance(h, logging.FileHandler):
+            h.emit(log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (one_line(err),), None))
 
 
 def teardown_logging() -> None:
@@ -134,6 +222,25 @@ def all_true(flag: bool) -> bool:
 def any_true(flag: bool) -> bool:
     """True on every rank iff it is True on some rank (every rank must call it)."""
     return _reduce_flag(flag, dist.ReduceOp.MAX)
+
+
+def rank0_first(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0, then on the other ranks (which then find what rank 0 cached).
+
+    A user error on rank 0 fails every rank at once, instead of leaving the others waiting at a barrier for a
+    rank that has exited; only rank 0's message is shown (every rank must call this).
+    """
+    from megaprompt.errors import UserError
+
+    result, error = None, None
+    if is_rank0():
+        try:
+            result = fn()
+        except UserError as err:
+            error = err
+    if any_true(error is not None):
+        raise error if error is not None else UserError("rank 0 failed (its message says why)")
+    return fn() if not is_rank0() else result
 
 
 def destroy() -> None:

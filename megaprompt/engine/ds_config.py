@@ -13,39 +13,96 @@ import math
 from pathlib import Path
 from typing import Any
 
+from megaprompt.errors import UserError
 from megaprompt.config import RunConfig
+from megaprompt.files import read_text
 
 
-class DSConfigError(ValueError):
+class DSConfigError(UserError):
     pass
 
 
+# Sections DeepSpeed reads as JSON objects: any other type there is a user's typo, not a DeepSpeed crash.
+OBJECT_SECTIONS = ("zero_optimization", "bf16", "fp16", "optimizer", "scheduler", "checkpoint", "nebula",
+                   "datastates", "tensorboard", "activation_checkpointing", "flops_profiler", "wandb", "csv_monitor",
+                   "comms_logger", "aio", "data_efficiency", "compression_training", "amp")
+NUMBER_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+               "gradient_clipping", "steps_per_print")
+# Options whose loaders bypass torch.load (or commit saves asynchronously): with them a checkpoint directory
+# could run code on resume, or a COMPLETE marker could precede the data it vouches for.
+UNSAFE = (
+    (("checkpoint", "load_universal"), lambda v: v is True or str(v).lower() == "true",
+     "DeepSpeed's universal-checkpoint loader unpickles files with torch.load(weights_only=False), so a "
+     "checkpoint directory could run code; megaprompt resumes its own checkpoints pickle-free: remove it"),
+    (("checkpoint", "writer", "decoupled"), lambda v: v is True or str(v).lower() == "true",
+     "decoupled (asynchronous) checkpoint writes can finish after megaprompt's COMPLETE marker: remove it"),
+    (("checkpoint", "writer", "type"), lambda v: str(v).lower() == "mock",
+     "the mock checkpoint writer writes nothing, so resume checkpoints would be empty: remove it"),
+    (("nebula", "enabled"), lambda v: v is True or str(v).lower() == "true",
+     "Nebula checkpoints are loaded with its own unpickler, which can run code: remove it"),
+    (("datastates", "enabled"), lambda v: v is True or str(v).lower() == "true",
+     "the DataStates checkpoint engine loads files outside megaprompt's pickle-free loader: remove it"),
+)
+
+
+def _get(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for k in keys:
+        if not isinstance(cfg, dict) or k not in cfg:
+            return None
+        cfg = cfg[k]
+    return cfg
+
+
 def read_ds_config(path: str) -> dict[str, Any]:
-    """Parse and sanity-check a DeepSpeed JSON; one-line errors name the file and what was expected."""
+    """Parse and sanity-check a DeepSpeed JSON; one-line errors name the file, the key and what was expected."""
     p = Path(path)
     if not p.is_file():
         raise DSConfigError(f"--ds_config {path}: no such file (try ds_configs/zero3.json)")
     try:
-        cfg = json.loads(p.read_text())
+        cfg = json.loads(read_text(p))
     except json.JSONDecodeError as err:
-        raise DSConfigError(f"{path} line {err.lineno} column {err.colno}: malformed JSON ({err.msg})") from None
+        raise DSConfigError(f"{path}:{err.lineno}: malformed JSON at column {err.colno} ({err.msg})") from None
+    except ValueError as err:        # not UTF-8
+        raise DSConfigError(str(err)) from None
     if not isinstance(cfg, dict):
         raise DSConfigError(f"{path}: expected a JSON object at top level")
+    for key in OBJECT_SECTIONS:
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise DSConfigError(f"{path}: {key} must be an object, got {type(cfg[key]).__name__} {cfg[key]!r}")
+    for key in NUMBER_KEYS:
+        v = cfg.get(key)
+        if v is not None and v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                             or not math.isfinite(v) or v < 0):
+            raise DSConfigError(f"{path}: {key}={v!r}, expected a non-negative number or \"auto\"")
+    for keys, unsafe, why in UNSAFE:
+        if unsafe(_get(cfg, keys)):
+            raise DSConfigError(f"{path}: {'.'.join(keys)} is refused: {why}")
+    for key in ("bf16", "fp16"):
+        enabled = cfg.get(key, {}).get("enabled", "auto")
+        if enabled not in (True, False, "auto"):
+            raise DSConfigError(f"{path}: {key}.enabled={enabled!r}, expected true, false or \"auto\"")
     zero = cfg.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        raise DSConfigError(f"{path}: zero_optimization must be an object")
     for key, value in zero.items():
         if value == "auto" and key != "reduce_bucket_size":
             raise DSConfigError(f"{path}: zero_optimization.{key}='auto' is not supported (only reduce_bucket_size)")
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3):
+    if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise DSConfigError(f"{path}: zero_optimization.stage={stage!r}, expected 0, 1, 2 or 3")
     for kind in ("offload_optimizer", "offload_param"):
-        dev = (zero.get(kind) or {}).get("device", "none")
+        section = zero.get(kind) or {}
+        if not isinstance(section, dict):
+            raise DSConfigError(f"{path}: zero_optimization.{kind} must be an object like {{\"device\": \"cpu\"}}, "
+                                f"got {section!r}")
+        dev = section.get("device", "none")
         if dev not in ("none", "cpu", "nvme"):
             raise DSConfigError(f"{path}: zero_optimization.{kind}.device={dev!r}, expected none, cpu or nvme")
     if (zero.get("offload_param") or {}).get("device", "none") != "none" and stage != 3:
         raise DSConfigError(f"{path}: offload_param needs zero_optimization.stage=3 (got {stage})")
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
+                "stage3_param_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance"):
+        v = zero.get(key)
+        if v is not None and v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise DSConfigError(f"{path}: zero_optimization.{key}={v!r}, expected a non-negative number")
     return cfg
 
 

@@ -23,7 +23,7 @@ from megaprompt.engine.distributed import all_true, is_rank0, log
 from megaprompt.engine.export import export_trainable
 from megaprompt.engine.preemption import PreemptionHandler
 from megaprompt.engine.tb import Board
-from megaprompt.export import atomic_write_text
+from megaprompt.files import atomic_write_text
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -48,13 +48,21 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     eval_every = t.eval_every or stream.steps_per_epoch
     ckpt_dir = run.out / "checkpoints"
     primary = run.task.metric
-    state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0}
-    step = first_step = last_saved = 0
-    resume_from = ckpt.find_resume(ckpt_dir, t.resume)
+    state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0,
+                             "lineage": [ckpt.new_lineage_id()]}
+    step = 0
+    resume_from = run.pre.resume_from
     if resume_from is not None:
         state = ckpt.load(engine, resume_from)
         step = state.pop("step")
-        log.info("resumed from %s at step %d", resume_from, step)
+        state["lineage"] = list(state.get("lineage") or ["legacy"])   # checkpoints from before lineages
+        if run.pre.fork:
+            state["lineage"].append(ckpt.new_lineage_id())
+            if state["best"] is not None and not (run.out / "export").exists():
+                # the best export of the abandoned future was set aside and the fork point's is gone: the
+                # fork's own first evaluation becomes its best, so the run always ends with an export
+                state.update(best=None, best_step=-1, bad_evals=0)
+        log.info("resumed from %s at step %d%s", resume_from, step, " (a fork: a new history)" if run.pre.fork else "")
     first_step = last_saved = step
     if preempt is None:
         preempt = PreemptionHandler(max_requeues=t.max_requeues)

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
+from megaprompt.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 csv.field_size_limit(1 << 30)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Malformed or unexpected input data; the message names the file (and line) at fault."""
 
 

@@ -37,7 +37,7 @@ def test_missing_ds_config(tmp_path, capsys):
 def test_malformed_ds_config(tmp_path, capsys):
     p = tmp_path / "bad.json"
     p.write_text('{"zero_optimization": {"stage": 3\n')
-    fails(capsys, base(tmp_path, "--ds_config", str(p)), "bad.json line 2")
+    fails(capsys, base(tmp_path, "--ds_config", str(p)), "bad.json:2: malformed JSON")
 
 
 def test_wrong_stage(tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_output_dir_of_another_run(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "checkpoints" / "step_5").mkdir(parents=True)
     (out / "config.yaml").write_text(yaml.safe_dump({"backbone": "tiny-bert", "lr": 0.5, "task": "demo"}))
-    fails(capsys, base(tmp_path), "holds checkpoints of another run (lr: 0.5 there, 0.01 now)")
+    fails(capsys, base(tmp_path), "holds outputs of another run (lr: 0.5 there, 0.01 now)")
     assert (out / "checkpoints" / "step_5").is_dir()     # nothing of the other run was touched
     assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.5
 
@@ -93,8 +93,10 @@ def test_resume_path_that_is_not_a_checkpoint(tmp_path, capsys):
 
 
 def test_resume_with_a_different_world_size(tmp_path, capsys):
+    from megaprompt.config import parse_args
     tag = tmp_path / "out" / "checkpoints" / "step_3"
     tag.mkdir(parents=True)
+    (tmp_path / "out" / "config.yaml").write_text(parse_args(base(tmp_path)).to_yaml())   # the same run
     (tag / "state.json").write_text(json.dumps({"step": 3, "world": 2}))
     (tag / "COMPLETE").write_text("ok\n")
     fails(capsys, base(tmp_path), "was written by 2 ranks, this job has 1")

@@ -40,7 +40,7 @@ def test_unknown_flag_suggests(capsys):
 def test_unknown_recipe_key_names_file_and_suggests(tmp_path):
     r = tmp_path / "bad.yaml"
     r.write_text("lr: 1e-2\nbatchsize: 8\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown key 'batchsize'; did you mean 'batch_size'\?"):
+    with pytest.raises(ValueError, match=r"bad.yaml:2: unknown key 'batchsize'; did you mean 'batch_size'\?"):
         load_recipe(str(r))
 
 
@@ -54,7 +54,7 @@ def test_bad_values_are_one_line(tmp_path, capsys):
         assert msg in capsys.readouterr().err
     r = tmp_path / "broken.yaml"
     r.write_text("lr: [1,\n")
-    with pytest.raises(ValueError, match=r"broken.yaml line \d+: invalid YAML"):
+    with pytest.raises(ValueError, match=r"broken.yaml:\d+: invalid YAML"):
         load_recipe(str(r))
 
 

@@ -58,7 +58,7 @@ def test_lr_conflict_names_both(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ('{"zero_optimization": {"stage": 3,}}', r"line 1 column \d+: malformed JSON"),
+    ('{"zero_optimization": {"stage": 3,}}', r"bad.json:1: malformed JSON at column \d+"),
     ('{"zero_optimization": {"stage": 4}}', r"stage=4, expected 0, 1, 2 or 3"),
     ('[1, 2]', "expected a JSON object"),
     ('{"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}', "offload_param needs"),
