@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from megaprompt.files import read_text
+
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=,-]")
 MAX_NAME_LEN = 200
@@ -99,19 +101,37 @@ def parse_sweep_args(items: Sequence[str]) -> dict[str, list[str]]:
 
 def load_grid_file(path: str | Path) -> dict[str, list[str]]:
     """Read a YAML grid: a mapping ``key: [values]`` (a scalar is a one-value list), optionally nested
-    under a top-level ``grid:`` key. Key order is kept (it is the directory-name and index order)."""
-    data = yaml.safe_load(Path(path).read_text())
-    if isinstance(data, dict) and set(data) == {"grid"}:
-        data = data["grid"]
-    if not isinstance(data, dict) or not data:
+    under a top-level ``grid:`` key. Key order is kept (it is the directory-name and index order).
+    Every error names ``file:line``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--sweep_file {path}: no such file")
+    text = read_text(p)
+    try:
+        doc = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: invalid YAML ({' '.join(str(getattr(err, 'problem', err)).split())})") from None
+    if isinstance(doc, dict) and set(doc) == {"grid"}:
+        doc = doc["grid"]
+        node = node.value[0][1] if isinstance(node, yaml.MappingNode) else node
+    if not isinstance(doc, dict) or not doc:
         raise ValueError(f"{path}: expected a non-empty mapping of key -> list of values")
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) \
+        else {}
     grid: dict[str, list[str]] = {}
-    for key, values in data.items():
-        key = _check_key(str(key))
-        vals = values if isinstance(values, list) else [values]
-        if not vals:
-            raise ValueError(f"{path}: key {key!r} has no values")
-        grid[key] = [_value_str(v) for v in vals]
+    for key, values in doc.items():
+        where = f"{path}:{lines.get(str(key), '?')}"
+        try:
+            key = _check_key(str(key))
+            vals = values if isinstance(values, list) else [values]
+            if not vals:
+                raise ValueError(f"key {key!r} has no values")
+            grid[key] = [_value_str(v) for v in vals]
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return grid
 
 
@@ -214,7 +234,14 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any] | None:
     path = Path(sweep_dir) / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a valid manifest ({type(err).__name__}); move it aside to start the sweep "
+                         f"afresh") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("elements", []), list):
+        raise ValueError(f"{path}: not a valid manifest (expected an object with an 'elements' list)")
+    return manifest
 
 
 def dumps_manifest(manifest: Mapping[str, Any]) -> str:

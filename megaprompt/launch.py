@@ -35,6 +35,8 @@ except ImportError:  # running from an install that did not ship jobs/: use the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jobs import render as jr, sweep as js
 
+from megaprompt.cli import ArgumentParser  # noqa: E402
+
 log = logging.getLogger("megaprompt.launch")
 
 SCRIPT_NAME = "job.sbatch"
@@ -55,7 +57,7 @@ class Plan:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m megaprompt.launch", allow_abbrev=False,
         description="Render and submit sbatch scripts for megaprompt training runs and sweeps. "
                     "Arguments after `--` go to the training entry point.")

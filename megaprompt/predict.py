@@ -67,14 +67,14 @@ def check(args: Any) -> Plan:
 
     meta, _ = read_export(args.export)
     task = get_task(args.task or meta["task"], data_dir=args.data_dir)
+    if task.head != meta["head"]["kind"]:
+        raise UserError(f"--task {task.name} needs a {task.head!r} head but the export has "
+                        f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
     if meta.get("label_names") and list(task.label_names) != meta["label_names"]:
         if task.label_names:    # a fixed label set that differs: this export belongs to another task
             raise UserError(f"--task {task.name} has labels {task.label_names} but the export was trained with "
                             f"{meta['label_names']}")
         task = get_task(args.task or meta["task"], data_dir=args.data_dir, label_names=meta["label_names"])
-    if task.head != meta["head"]["kind"]:
-        raise UserError(f"--task {task.name} needs a {task.head!r} head but the export has "
-                        f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
     if args.data_dir is not None:
         task.split_path(args.data_dir, args.split)       # presence only
     max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)

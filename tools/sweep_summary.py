@@ -18,7 +18,6 @@ better unless ``--lower_is_better``. Every element logs to ``<element>/tb``, so
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -28,6 +27,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from a checkout
+
+from jobs.sweep import read_manifest  # noqa: E402
+from megaprompt.cli import ArgumentParser  # noqa: E402
 
 log = logging.getLogger("sweep_summary")
 SEED_KEYS = ("seed",)
@@ -70,10 +74,14 @@ def _parse_name(name: str) -> dict[str, str] | None:
 def load_elements(sweep_dir: Path) -> tuple[list[Element], list[str]]:
     """Elements (from the manifest, else from directory names) and the swept keys in grid order."""
     manifest_path = sweep_dir / "manifest.json"
-    if manifest_path.is_file():
-        m = json.loads(manifest_path.read_text())
-        elements = [Element(int(e["index"]), e["dir"], {k: str(v) for k, v in e["params"].items()})
-                    for e in m["elements"]]
+    m = read_manifest(sweep_dir)           # one-line error naming the file when malformed
+    if m is not None:
+        try:
+            elements = [Element(int(e["index"]), str(e["dir"]), {k: str(v) for k, v in e["params"].items()})
+                        for e in m["elements"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{manifest_path}: element without index/dir/params ({type(err).__name__}: "
+                             f"{err})") from None
         return elements, list(m.get("grid") or (elements[0].params if elements else {}))
     log.warning("%s has no manifest.json: elements are the k=v,... sub-directories", sweep_dir)
     elements = []
@@ -264,7 +272,7 @@ def summarize(sweep_dir: Path, out: Path, metric: str | None = None, source: str
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="sweep_summary", description=__doc__.split("\n")[0])
     p.add_argument("sweep_dir", type=Path)
     p.add_argument("--metric", help="metric name (default: metrics.json's primary_metric)")
     p.add_argument("--source", choices=("best", "final"), default="best",
@@ -274,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.sweep_dir.is_dir():
         p.error(f"{a.sweep_dir} is not a directory")
-    s = summarize(a.sweep_dir, a.out or a.sweep_dir / "summary", a.metric, a.source, a.lower_is_better)
+    try:
+        s = summarize(a.sweep_dir, a.out or a.sweep_dir / "summary", a.metric, a.source, a.lower_is_better)
+    except (ValueError, OSError) as err:
+        p.error(str(err))
     return 0 if s["configs"] else 1
 
 

@@ -64,6 +64,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
+from megaprompt.cli import ArgumentParser
 from megaprompt.costs.activations import ActivationProfile, measure
 from megaprompt.costs.params import (CostInputError, ModelFacts, build_prompted, human, make_prompt_config,
                                      model_facts, resolve_backbone)
@@ -302,7 +303,7 @@ def _load_ds_config(path: str, setup: Setup) -> Setup:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="megaprompt-memory",
         description="Estimated per-GPU and per-node CPU training memory: full fine-tuning vs P-Tuning v2 under "
                     "DeepSpeed ZeRO (formulas and sources: megaprompt/costs/memory.py, README.md (Costs section)).")

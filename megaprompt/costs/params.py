@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from megaprompt.cli import ArgumentParser
 from megaprompt.errors import UserError
 from megaprompt.accounting import ParamCount, count_parameters, numel
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES
@@ -239,7 +240,7 @@ def human(n: float) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="megaprompt-param-ratio",
         description="Exact frozen/trainable parameter counts of a prompted backbone (built on the meta device; "
                     "nothing is downloaded).")

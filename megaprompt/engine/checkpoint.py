@@ -92,7 +92,8 @@ def read_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{f}: missing (the checkpoint is incomplete)") from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{f}: not valid JSON ({type(err).__name__})") from None
+        raise CheckpointError(f"{f}: not valid JSON ({type(err).__name__}); move {path.name} aside to resume from "
+                              f"an earlier checkpoint") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{f}: expected an object with an integer 'step'")
     return state
@@ -111,18 +112,17 @@ def read_head(ckpt_dir: Path) -> dict[str, Any] | None:
     return head
 
 
-def _lineage_of(path: Path) -> list[str]:
-    try:
-        lineage = read_state(path).get("lineage") or []
-    except CheckpointError:
-        return []
-    return [str(x) for x in lineage] if isinstance(lineage, list) else []
+def lineage_of(state: dict[str, Any]) -> list[str]:
+    """A checkpoint's history; checkpoints written before lineages existed share the history ``legacy``."""
+    lineage = state.get("lineage")
+    return [str(x) for x in lineage] if isinstance(lineage, list) and lineage else ["legacy"]
 
 
 def history(ckpt_dir: Path, lineage: list[str]) -> list[tuple[int, Path]]:
-    """Complete checkpoints of this run's own history: those whose trajectory id is in ``lineage``."""
+    """Complete checkpoints of this run's own history: those whose trajectory id is in ``lineage``. A complete
+    checkpoint whose state.json is unreadable is an error (never silently skipped: a fresh start would follow)."""
     mine = set(lineage)
-    return [(s, p) for s, p in complete_tags(ckpt_dir) if (_lineage_of(p) or [None])[-1] in mine]
+    return [(s, p) for s, p in complete_tags(ckpt_dir) if lineage_of(read_state(p))[-1] in mine]
 
 
 def find_resume(ckpt_dir: Path, resume: str) -> Path | None:

@@ -43,6 +43,18 @@ def _extensions_dir() -> str:
     return str(Path.home() / ".cache" / "megaprompt" / "torch_extensions" / key.replace("+", "_"))
 
 
+def _cpu_only_torch() -> bool:
+    """A torch build that can drive no accelerator DeepSpeed knows (CUDA/ROCm, XPU, MPS, NPU)."""
+    if torch.version.cuda is not None or getattr(torch.version, "hip", None) is not None:
+        return False
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return False
+    if torch.backends.mps.is_available() or hasattr(torch, "npu"):
+        return False
+    return True
+
+
 def setup_env() -> None:
     """Fill RANK/WORLD_SIZE/... from Slurm or a single process, before DeepSpeed reads them."""
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
@@ -55,6 +67,10 @@ def setup_env() -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_RANK", "0")
+    if "DS_ACCELERATOR" not in os.environ and _cpu_only_torch():
+        # Said explicitly, DeepSpeed picks the CPU accelerator quietly; left to detect it, every process warns
+        # "Setting accelerator to CPU. If you have GPU ..." - nothing to act on with a CPU-only torch build.
+        os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
 
@@ -137,6 +153,16 @@ def is_rank0() -> bool:
 
 _saved_logging: dict[str, object] = {}
 
+# DeepSpeed warnings that fire on every run and that no user can act on.
+_DS_NOISE = (
+    # WarmupLR.__init__ asks itself for an lr before its first step, on every run and every rank
+    "Attempting to get learning rate from scheduler before it has started",
+)
+
+
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_DS_NOISE)
+
 
 def setup_logging(log_file: str | None = None) -> None:
     """INFO on rank 0 (stderr and ``log_file``), warnings only elsewhere. ``teardown_logging`` undoes it."""
@@ -158,6 +184,8 @@ def setup_logging(log_file: str | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)   # DeepSpeed is chatty at INFO on every rank
+    if _drop_known_noise not in logging.getLogger("DeepSpeed").filters:
+        logging.getLogger("DeepSpeed").addFilter(_drop_known_noise)
 
 
 def log_error(err: BaseException) -> None:

@@ -34,10 +34,9 @@ UNSAFE = (
     (("checkpoint", "load_universal"), lambda v: v is True or str(v).lower() == "true",
      "DeepSpeed's universal-checkpoint loader unpickles files with torch.load(weights_only=False), so a "
      "checkpoint directory could run code; megaprompt resumes its own checkpoints pickle-free: remove it"),
-    (("checkpoint", "writer", "decoupled"), lambda v: v is True or str(v).lower() == "true",
-     "decoupled (asynchronous) checkpoint writes can finish after megaprompt's COMPLETE marker: remove it"),
-    (("checkpoint", "writer", "type"), lambda v: str(v).lower() == "mock",
-     "the mock checkpoint writer writes nothing, so resume checkpoints would be empty: remove it"),
+    (("checkpoint", "writer"), lambda v: v is not None,
+     "DeepSpeed's checkpoint writer engines (fast, decoupled, mock) write outside megaprompt's crash-safe save "
+     "(a decoupled write can finish after the COMPLETE marker; mock writes nothing): remove it"),
     (("nebula", "enabled"), lambda v: v is True or str(v).lower() == "true",
      "Nebula checkpoints are loaded with its own unpickler, which can run code: remove it"),
     (("datastates", "enabled"), lambda v: v is True or str(v).lower() == "true",

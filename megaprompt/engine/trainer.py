@@ -55,7 +55,7 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     if resume_from is not None:
         state = ckpt.load(engine, resume_from)
         step = state.pop("step")
-        state["lineage"] = list(state.get("lineage") or ["legacy"])   # checkpoints from before lineages
+        state["lineage"] = ckpt.lineage_of(state)
         if run.pre.fork:
             state["lineage"].append(ckpt.new_lineage_id())
             if state["best"] is not None and not (run.out / "export").exists():
