@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokeni
 
 from megaprompt.errors import UserError
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
+from megaprompt.files import make_temp_dir
 
 _TINY_COMMON = dict(vocab_size=30522, max_position_embeddings=512, pad_token_id=0)
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -112,7 +112,7 @@ def tiny_checkpoint(name: str, seed: int) -> str:
     # the model class itself, not AutoModel.from_config: no zero.Init even if an HfDeepSpeedConfig is alive
     model = AutoModel._model_mapping[type(config)](config)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    tmp = make_temp_dir(root, f".{path.name}.")
     model.save_pretrained(tmp)
     try:
         os.rename(tmp, path)
