@@ -135,6 +135,7 @@ def build(cfg: RunConfig) -> Run:
 
     # ---- data: rank 0 reads and tokenizes first (filling the feature cache), then the others read the cache --
     t0 = time.time()
+    log.info("reading and tokenizing %s (train, dev) with %s's tokenizer", task.name, cfg.backbone)
     tokenizer = load_tokenizer(cfg.backbone)
     limits = {"train": d.max_train_examples, "dev": d.max_eval_examples}
 
@@ -169,6 +170,8 @@ def build(cfg: RunConfig) -> Run:
     # ---- model: partitioned at construction under ZeRO-3 ----------------------------------------------------
     t0 = time.time()
     init_deepspeed_comm()
+    log.info("loading backbone %s (%s) and building the DeepSpeed engine (ZeRO-%d, %s)", cfg.backbone,
+             pre.hf_config.model_type, dsc.zero_stage(ds_config), precision)
     keep_alive: list[Any] = []
     if cfg.backbone in TINY_CONFIGS:   # write the random-init checkpoint before ZeRO-3 hooks are armed
         tiny_checkpoint(cfg.backbone, t.seed)

@@ -93,6 +93,8 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
         step += 1
         losses.append(step_loss)
         bar.update(1)
+        if step == first_step + 1:
+            log.info("first step done, %.1f s after this process started", time.time() - _process_start())
         if step % t.log_every == 0 or step == run.total_steps:
             dt = max(time.time() - t_last, 1e-9)
             sps, tps = samples * run.world / dt, tokens * run.world / dt
@@ -153,6 +155,11 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     board.hparams(metrics)
     board.close()
     return metrics
+
+
+def _process_start() -> float:
+    import psutil     # a DeepSpeed dependency
+    return psutil.Process().create_time()
 
 
 def _grad_norm(engine: Any) -> float:
