@@ -76,7 +76,7 @@ def check(args: Any) -> Plan:
                             f"{meta['label_names']}")
         task = get_task(args.task or meta["task"], data_dir=args.data_dir, label_names=meta["label_names"])
     if args.data_dir is not None:
-        task.split_path(args.data_dir, args.split)       # presence only
+        task.require_files(args.data_dir, args.split)    # presence only
     max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)
     check_positions(load_config(meta["backbone_arg"]), meta["backbone_arg"], max_seq_len, meta["method"],
                     meta["prompt"].get("prompt_len", 0))

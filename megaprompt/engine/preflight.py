@@ -128,7 +128,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         task = get_task(d.task, data_dir=d.data_dir)
         if d.data_dir is not None:
             for split in ("train", "dev"):
-                task.split_path(d.data_dir, split)     # presence only: reading comes later, on rank 0 first
+                task.require_files(d.data_dir, split)  # presence only: reading comes later, on rank 0 first
         label_words = check_verbalizer(cfg, task, hf_config) if t.head_type == "verbalizer" else []
         check_writable(out, "--output_dir")
         if t.resume == "auto":

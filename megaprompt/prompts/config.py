@@ -17,7 +17,7 @@ class PromptConfig:
     method: str = opt("pt2", "model and prompt", choices=METHODS)
     """pt2: deep prefix in every chosen layer; lester: input-embedding prompt; ft: full fine-tuning; head:
     frozen backbone, head only (linear probe)."""
-    prompt_len: int = opt(16, "model and prompt", ge=0)
+    prompt_len: int = opt(16, "model and prompt")
     """Prefix/prompt length P. The paper uses ~8-32 for classification and 100+ for hard labeling."""
     reparam: str = opt("none", "model and prompt", choices=REPARAMS)
     """none: a direct table (P, layers*2*kv_heads*head_dim); mlp: Embedding(P, hidden)->Linear->Tanh->Linear."""
@@ -34,8 +34,9 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.method in ("pt2", "lester") and self.prompt_len < 1:
-            raise FieldError("prompt_len", f"prompt_len={self.prompt_len}: expected >= 1 for method {self.method}")
+        if self.prompt_len < (1 if self.method in ("pt2", "lester") else 0):
+            raise FieldError("prompt_len", f"prompt_len={self.prompt_len}: expected >= 1 for method {self.method}"
+                             if self.method in ("pt2", "lester") else f"prompt_len={self.prompt_len}: expected >= 0")
         try:
             parse_layers(self.prompt_layers, None)  # syntax check now; range check once the depth is known
         except ValueError as err:

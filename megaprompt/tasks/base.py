@@ -124,6 +124,10 @@ class BaseTask:
         logger.info("%s/%s: %d examples from %s", self.name, split, len(examples), path)
         return examples
 
+    def require_files(self, data_dir: str, split: str) -> None:
+        """Raise a one-line ``DataError`` when ``split``'s file is missing (a cheap check: nothing is read)."""
+        self.split_path(data_dir, split)
+
     def split_path(self, data_dir: str, split: str) -> Path:
         split = canonical_split(split, self.splits, self.name)
         return find_file(data_dir, self.splits[split], f"task {self.name!r} split {split!r}")

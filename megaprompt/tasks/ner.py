@@ -153,6 +153,9 @@ class OntoNotes(TaggingTask):
         logger.info("ontonotes/%s: %d sentences", split, len(out))
         return out
 
+    def require_files(self, data_dir: str, split: str) -> None:
+        conll2012_files(data_dir, canonical_split(split, self.splits, self.name))
+
     def read(self, path: Path, split: str) -> list[dict[str, Any]]:
         out = []
         for line, rows in read_conll2012_sentences(path):

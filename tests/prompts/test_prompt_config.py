@@ -46,8 +46,8 @@ def test_methods_without_prompt_accept_zero_length(method):
     ("all", 3, [0, 1, 2]),
     ("last:2", 5, [3, 4]),
     ("first:2", 5, [0, 1]),
-    ("last:9", 3, [0, 1, 2]),       # clamped to the depth
-    ("first:9", 3, [0, 1, 2]),
+    ("last:3", 3, [0, 1, 2]),
+    ("first:3", 3, [0, 1, 2]),
     ("0, 2", 4, [0, 2]),
     ("2,0,2", 3, [0, 2]),           # sorted, de-duplicated
     ("3", 4, [3]),
@@ -59,6 +59,8 @@ def test_parse_layers(spec, n, expected):
 
 @pytest.mark.parametrize("spec,n,match", [
     ("4", 4, "layer 4 out of range for a 4-layer backbone"),
+    ("last:9", 3, "last:9 asks for 9 layers but the backbone has 3"),     # never clamped silently
+    ("first:4", 3, "first:4 asks for 4 layers but the backbone has 3"),
     ("0,7", 4, "layer 7 out of range"),
     ([5], 2, "layer 5 out of range"),
     ("last:0", 4, "expected all, last:N, first:N"),
