@@ -97,8 +97,12 @@ def init_process_group() -> tuple[int, int, torch.device]:
     if not on_cpu:
         acc.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo" if on_cpu else acc.communication_backend_name(),
-                                init_method="env://")
+        backend = "gloo" if on_cpu else acc.communication_backend_name()
+        if int(os.environ["WORLD_SIZE"]) == 1:
+            # a world of one needs no rendezvous: an in-memory store, so no port can be taken by another process
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend=backend, init_method="env://")
     device = torch.device("cpu") if on_cpu else torch.device(acc.device_name(), local)
     return dist.get_rank(), dist.get_world_size(), device
 
