@@ -18,7 +18,10 @@ install:
 
 # The main job: exactly `deepspeed --num_gpus 2 megaprompt/train.py --ds_config ds_configs/zero3.json`
 # (P-Tuning v2 on the pretrained all-MiniLM-L6-v2, built-in demo task; CPU or GPU).
+# On a machine without CUDA the accelerator is named, so DeepSpeed's launcher processes do not each warn
+# "Setting accelerator to CPU" (the ranks themselves name it anyway: engine/distributed.setup_env).
 demo: install
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-$$($(PY) -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")} \
 	$(PY) -m deepspeed.launcher.runner --num_gpus $(NPROC) megaprompt/train.py --ds_config ds_configs/zero3.json
 
 test: install
