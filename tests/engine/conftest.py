@@ -64,3 +64,52 @@ def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
+
+
+def checkpoint_tensors(step_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor in one checkpoint tag's files, ``{"file:key/path": shape}``. DeepSpeed's ``.pt`` files are
+    read with ``torch.load(weights_only=True)`` and an allow-list of the plain DeepSpeed types they hold, so a
+    file that needed arbitrary pickled objects fails here; ``.safetensors`` with safetensors."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    from safetensors.torch import load_file
+
+    out: dict[str, tuple[int, ...]] = {}
+
+    def walk(obj, where: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[where] = tuple(obj.shape)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    for f in sorted(step_dir.iterdir()):
+        if f.suffix == ".pt":
+            with torch.serialization.safe_globals([ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]):
+                walk(torch.load(f, map_location="cpu", weights_only=True), f.name + ":")
+        elif f.suffix == ".safetensors":
+            walk(load_file(str(f)), f.name + ":")
+    return out
+
+
+def assert_only_trainable_in_checkpoint(step_dir: Path, trainable: dict[str, tuple[int, ...]]) -> None:
+    """No frozen (backbone) tensor was saved: DeepSpeed's files name only ``trainable`` parameters, and all
+    their tensors together hold at most fp32 master + Adam's two moments of the trainable parameters (+ the
+    0-size ZeRO-3 placeholders); the safetensors files hold only RNG state."""
+    import math
+    tensors = checkpoint_tensors(step_dir)
+    assert tensors, f"no tensors in {step_dir}"
+    frozen = [k for k in tensors if "backbone." in k]
+    assert not frozen, f"{len(frozen)} frozen tensors saved, e.g. {frozen[:3]}"
+    named = {k.rsplit("/", 1)[-1] for k in tensors if "/module/" in k}
+    assert named <= set(trainable), named - set(trainable)
+    pt = sum(math.prod(s) for k, s in tensors.items() if k.split(":")[0].endswith(".pt"))
+    n_trainable = sum(math.prod(s) for s in trainable.values())
+    assert pt <= 3 * n_trainable + 64 * len(list(step_dir.glob("*optim_states.pt"))), (pt, n_trainable)
+    rng = {k.split(":")[0] for k, s in tensors.items() if k.split(":")[0].endswith(".safetensors")}
+    assert all(name.startswith("rng_rank") for name in rng), rng
