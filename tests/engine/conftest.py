@@ -113,3 +113,35 @@ def assert_only_trainable_in_checkpoint(step_dir: Path, trainable: dict[str, tup
     assert pt <= 3 * n_trainable + 64 * len(list(step_dir.glob("*optim_states.pt"))), (pt, n_trainable)
     rng = {k.split(":")[0] for k, s in tensors.items() if k.split(":")[0].endswith(".safetensors")}
     assert all(name.startswith("rng_rank") for name in rng), rng
+
+
+# A small topic-classification data set for runs that must learn within a few steps (generic_cls files,
+# generated here, never committed): a food word or a vehicle word in neutral templates. A frozen pretrained
+# encoder separates the two topics almost linearly, so P-Tuning v2 learns it in a handful of steps; 10% of the
+# labels (train and dev) are flipped, so dev accuracy tops out near 90% and moves between evaluations.
+TOPIC_WORDS = {
+    "food": ["apple", "banana", "bread", "cheese", "soup", "pasta", "salad", "cake", "rice", "pizza", "mango",
+             "carrot", "sandwich", "cookie", "omelette", "noodles"],
+    "vehicle": ["truck", "bicycle", "train", "airplane", "boat", "motorcycle", "bus", "tractor", "scooter",
+                "helicopter", "van", "ship", "taxi", "tram", "canoe", "jeep"],
+}
+TOPIC_TEMPLATES = ["I saw a {} yesterday.", "The {} was next to the house.", "My friend talked about the {} all day.",
+                   "There is a {} in the picture.", "She asked me where the {} was.",
+                   "We found an old {} near the river.", "He pointed at the {} and laughed.",
+                   "Nobody expected a {} at the party."]
+
+
+def write_topic_task(folder: Path, n_train: int = 320, n_dev: int = 240, noise: float = 0.1, seed: int = 0) -> Path:
+    import random
+    rng = random.Random(seed)
+    labels = sorted(TOPIC_WORDS)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = []
+        for i in range(n):
+            topic = labels[i % 2]
+            text = rng.choice(TOPIC_TEMPLATES).format(rng.choice(TOPIC_WORDS[topic]))
+            label = labels[1 - i % 2] if rng.random() < noise else topic
+            rows.append(json.dumps({"text": text, "label": label}))
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return folder
