@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from megaprompt.engine import checkpoint as ckpt
+from tests.engine.conftest import assert_only_trainable_in_checkpoint
+from tests.tasks.fixtures import train_env  # noqa: F401  (in-process training fixture)
 
 
 def _tag(root, step, complete=True):
@@ -57,9 +60,6 @@ def test_rng_state_roundtrips_through_safetensors(tmp_path):
 
 
 # ---- a real training whose save fails partway ----------------------------------------------------------------
-from tests.engine.conftest import assert_only_trainable_in_checkpoint  # noqa: E402
-from tests.tasks.fixtures import train_env  # noqa: E402,F401  (in-process training fixture)
-
 Z3 = str(Path(__file__).resolve().parents[2] / "ds_configs" / "zero3.json")
 
 
@@ -99,7 +99,7 @@ def test_save_that_fails_partway_is_never_resumed(tmp_path, monkeypatch, train_e
 
     assert _tiny_run(tmp_path, "--resume", "auto") == 0
     log = (tmp_path / "train.log").read_text()
-    assert f"resumed from {ckpts / 'step_2'} at step 2" in log
+    assert re.search(r"resumed from \S*step_2\b", log), log[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["steps"] == 6
     # the interrupted step-4 save was replaced by a complete one, or rotated away
