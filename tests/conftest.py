@@ -117,6 +117,15 @@ class TinyZoo:
         return torch.randint(5, VOCAB, (batch, length), generator=g)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_rendezvous(monkeypatch):
+    """An in-process run (``train.main``, ``predict.main``) in a world of one writes RANK, WORLD_SIZE,
+    MASTER_PORT... into ``os.environ``; a later launcher subprocess inheriting them would rendezvous on that
+    stale port (EADDRINUSE while its sockets linger). Every test starts without them and leaves none."""
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny() -> TinyZoo:
     return TinyZoo()

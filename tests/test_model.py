@@ -100,28 +100,52 @@ def test_prefix_state_is_kept_after_forward_for_checkpoint_recompute(tiny):
 
 
 def test_prefix_dropout_is_active_in_training_only(tiny):
+    """Eval: the prefix the layers read is the table itself. Training: entries are dropped per example and the
+    survivors scaled by 1/(1-p), and that dropped prefix is what the layers read (one draw per forward)."""
     model = build_model(tiny.backbone("bert"), PromptConfig(method="pt2", prompt_len=3, prefix_dropout=0.5),
                         "cls", 2, head_dropout=0.0)
     ids = tiny.ids(2, 5)
     mask = torch.ones_like(ids)
-    model.eval()
-    with torch.no_grad():
-        a, b = model(ids, mask)["logits"], model(ids, mask)["logits"]
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    model.train()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        c = model(ids, mask)["logits"]
-    assert not torch.allclose(a, c)
+    spec = model.spec
+    table = model.prompt.table.detach().view(3, spec.num_layers, 2, spec.num_kv_heads, spec.head_dim)
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model(ids, mask)
+        key = model.holder.state.kv[0][0]          # layer 0's key prefix, as this forward gave it to the layers
+        clean = table[:, 0, 0].transpose(0, 1).expand_as(key)                # (B, kv heads, P, head_dim)
+        if mode == "eval":
+            torch.testing.assert_close(key, clean, rtol=0, atol=0)
+        else:
+            dropped = key == 0
+            assert 0.3 < dropped.float().mean().item() < 0.7
+            torch.testing.assert_close(key[~dropped], 2 * clean[~dropped])
+            assert not torch.equal(dropped[0], dropped[1])               # per example
 
 
-def test_multiple_choice_inputs_are_flattened(tiny):
-    model = build(tiny, "bert", "pt2").eval()
-    ids = tiny.ids(2 * 3, 5).view(2, 3, 5)
+def test_multiple_choice_logits_score_each_choice_alone(tiny, capture_hidden):
+    """(B, C, L) inputs: logits[b, c] is the head's score of choice c of example b run as its own sequence."""
+    model = build_model(tiny.backbone("bert"), PromptConfig(method="pt2", prompt_len=3, prefix_dropout=0.0),
+                        "mc", 1, head_dropout=0.0).eval()
+    B, C, L = 2, 3, 5
+    ids = tiny.ids(B * C, L, seed=3).view(B, C, L)
+    mask = torch.ones(B, C, L, dtype=torch.long)
+    mask[1, 2, -2:] = 0                                                  # one padded choice
+    labels = torch.tensor([2, 0])
     with torch.no_grad():
-        flat = model(ids.flatten(0, 1), torch.ones(6, 5, dtype=torch.long))["logits"]
-        nested = model(ids, torch.ones(2, 3, 5, dtype=torch.long))["logits"]
-    torch.testing.assert_close(nested, flat)
+        out = model(ids, mask, labels=labels)
+    cap = capture_hidden(model.backbone)
+    ref = torch.empty(B, C)
+    for b in range(B):
+        for c in range(C):
+            n = int(mask[b, c].sum())
+            with torch.no_grad():
+                model(ids[b, c, :n].view(1, 1, n), mask[b, c, :n].view(1, 1, n))   # this choice alone, unpadded
+            ref[b, c] = (cap.last[0, 0] @ model.head.out.weight[0] + model.head.out.bias[0]).item()
+    assert out["logits"].shape == (B, C)
+    torch.testing.assert_close(out["logits"], ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["loss"], F.cross_entropy(ref, labels), rtol=0, atol=1e-5)
 
 
 def test_wrapping_does_not_change_backbone_weights(tiny, family):

@@ -274,14 +274,33 @@ def test_eager_backbone_matches_sdpa_and_returns_prefix_weights(tiny, family, ca
         assert model.holder.inner == impl
         ids, mask = padded_batch(tiny, family)
         outs[impl] = hidden(model, capture_hidden, ids, mask)
-        attn = attn_modules(model)[0]
-        attn.register_forward_hook(lambda m, a, out, impl=impl: probs.__setitem__(impl, out[1]))
-        hidden(model, capture_hidden, ids, mask)
+        probs[impl] = []
+        for attn in attn_modules(model):
+            attn.register_forward_hook(lambda m, a, out, store=probs[impl]: store.append(out[1]))
+        hidden(model, capture_hidden, ids, mask)            # the default prefix mask (None)
     real = mask.bool()
     assert (outs["eager"][real] - outs["sdpa"][real]).abs().max().item() <= 1e-5
-    assert probs["sdpa"] is None
-    w = probs["eager"]                                       # (B, heads, L, P + L), rows sum to 1
-    assert w.shape == (2, tiny.config(family).num_attention_heads, 7, P + 7)
-    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
-    assert (w[..., :P] > 0).all()                            # every query puts weight on every prefix slot
-    assert (w[1, :, :, P + 5:] == 0).all()                   # and none on the padding of sequence 1
+    assert probs["sdpa"] == [None] * len(probs["eager"])
+    assert len(probs["eager"]) == tiny.config(family).num_hidden_layers
+    for layer, w in enumerate(probs["eager"]):               # (B, heads, L, P + L), rows sum to 1
+        assert w.shape == (2, tiny.config(family).num_attention_heads, 7, P + 7)
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+        # every query puts weight on every prefix slot (in every layer), none on the padding of sequence 1
+        assert (w[..., :P] > 1e-4).all(), f"layer {layer}: a prefix slot gets no weight by default"
+        assert (w[1, :, :, P + 5:] == 0).all()
+
+
+def test_default_prefix_mask_shows_every_slot(tiny, family, capture_hidden):
+    """``prefix_mask=None`` (what training and predict use) is exactly "every slot visible"; the explicit mask
+    path is checked against independent references (KV cache, DeBERTa's hand-written attention)."""
+    model, _ = wrap(tiny, family)
+    ids, mask = padded_batch(tiny, family)
+    real = mask.bool()
+    default = hidden(model, capture_hidden, ids, mask)
+    visible = hidden(model, capture_hidden, ids, mask, prefix_mask=torch.ones(2, P, dtype=torch.bool))
+    assert (default[real] - visible[real]).abs().max().item() <= 1e-6
+    for slot in range(P):                                   # non-vacuous: hiding any one slot shows
+        one_hidden = torch.ones(2, P, dtype=torch.bool)
+        one_hidden[:, slot] = False
+        out = hidden(model, capture_hidden, ids, mask, prefix_mask=one_hidden)
+        assert (out[real] - default[real]).abs().max().item() > 1e-5, f"slot {slot}"

@@ -4,7 +4,8 @@ P-Tuning v2's original code fed the prefix as ``past_key_values``. With the same
 ``DynamicCache`` pre-filled per layer (``cache.update(k, v, layer_idx)``), explicit position ids for the real
 tokens (what the bare model would use without a cache) and an attention mask over [prefix ; real], the bare
 transformers model must produce the same real-token outputs as megaprompt's attention-interface route.
-DeBERTa-v2 has no cache path in transformers 5 and is covered by the masked-prefix test instead.
+DeBERTa-v2 has no cache path in transformers 5: ``test_deberta_reference.py`` checks it against a
+hand-written disentangled attention instead.
 """
 from __future__ import annotations
 

@@ -64,3 +64,84 @@ def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 def metrics(out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
+
+
+def checkpoint_tensors(step_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor in one checkpoint tag's files, ``{"file:key/path": shape}``. DeepSpeed's ``.pt`` files are
+    read with ``torch.load(weights_only=True)`` and an allow-list of the plain DeepSpeed types they hold, so a
+    file that needed arbitrary pickled objects fails here; ``.safetensors`` with safetensors."""
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    from safetensors.torch import load_file
+
+    out: dict[str, tuple[int, ...]] = {}
+
+    def walk(obj, where: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            out[where] = tuple(obj.shape)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    for f in sorted(step_dir.iterdir()):
+        if f.suffix == ".pt":
+            with torch.serialization.safe_globals([ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]):
+                walk(torch.load(f, map_location="cpu", weights_only=True), f.name + ":")
+        elif f.suffix == ".safetensors":
+            walk(load_file(str(f)), f.name + ":")
+    return out
+
+
+def assert_only_trainable_in_checkpoint(step_dir: Path, trainable: dict[str, tuple[int, ...]]) -> None:
+    """No frozen (backbone) tensor was saved: DeepSpeed's files name only ``trainable`` parameters, and all
+    their tensors together hold at most fp32 master + Adam's two moments of the trainable parameters (+ the
+    0-size ZeRO-3 placeholders); the safetensors files hold only RNG state."""
+    import math
+    tensors = checkpoint_tensors(step_dir)
+    assert tensors, f"no tensors in {step_dir}"
+    frozen = [k for k in tensors if "backbone." in k]
+    assert not frozen, f"{len(frozen)} frozen tensors saved, e.g. {frozen[:3]}"
+    named = {k.rsplit("/", 1)[-1] for k in tensors if "/module/" in k}
+    assert named <= set(trainable), named - set(trainable)
+    pt = sum(math.prod(s) for k, s in tensors.items() if k.split(":")[0].endswith(".pt"))
+    n_trainable = sum(math.prod(s) for s in trainable.values())
+    assert pt <= 3 * n_trainable + 64 * len(list(step_dir.glob("*optim_states.pt"))), (pt, n_trainable)
+    rng = {k.split(":")[0] for k, s in tensors.items() if k.split(":")[0].endswith(".safetensors")}
+    assert all(name.startswith("rng_rank") for name in rng), rng
+
+
+# A small topic-classification data set for runs that must learn within a few steps (generic_cls files,
+# generated here, never committed): a food word or a vehicle word in neutral templates. A frozen pretrained
+# encoder separates the two topics almost linearly, so P-Tuning v2 learns it in a handful of steps; 10% of the
+# labels (train and dev) are flipped, so dev accuracy tops out near 90% and moves between evaluations.
+TOPIC_WORDS = {
+    "food": ["apple", "banana", "bread", "cheese", "soup", "pasta", "salad", "cake", "rice", "pizza", "mango",
+             "carrot", "sandwich", "cookie", "omelette", "noodles"],
+    "vehicle": ["truck", "bicycle", "train", "airplane", "boat", "motorcycle", "bus", "tractor", "scooter",
+                "helicopter", "van", "ship", "taxi", "tram", "canoe", "jeep"],
+}
+TOPIC_TEMPLATES = ["I saw a {} yesterday.", "The {} was next to the house.", "My friend talked about the {} all day.",
+                   "There is a {} in the picture.", "She asked me where the {} was.",
+                   "We found an old {} near the river.", "He pointed at the {} and laughed.",
+                   "Nobody expected a {} at the party."]
+
+
+def write_topic_task(folder: Path, n_train: int = 320, n_dev: int = 240, noise: float = 0.1, seed: int = 0) -> Path:
+    import random
+    rng = random.Random(seed)
+    labels = sorted(TOPIC_WORDS)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = []
+        for i in range(n):
+            topic = labels[i % 2]
+            text = rng.choice(TOPIC_TEMPLATES).format(rng.choice(TOPIC_WORDS[topic]))
+            label = labels[1 - i % 2] if rng.random() < noise else topic
+            rows.append(json.dumps({"text": text, "label": label}))
+        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+    return folder

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import json
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from megaprompt.engine import checkpoint as ckpt
+from tests.engine.conftest import assert_only_trainable_in_checkpoint
+from tests.tasks.fixtures import train_env  # noqa: F401  (in-process training fixture)
 
 
 def _tag(root, step, complete=True, lineage=("a",)):
@@ -91,3 +95,51 @@ def test_rng_state_roundtrips_through_safetensors(tmp_path):
     ckpt._set_rng(load_file(str(tmp_path / "rng.safetensors")))
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+# ---- a real training whose save fails partway ----------------------------------------------------------------
+Z3 = str(Path(__file__).resolve().parents[2] / "ds_configs" / "zero3.json")
+
+
+# what a save may hold: prompt and head (tiny-bert: 2 layers x key/value x 64 per prompt slot), no backbone
+TRAINABLE = {"prompt.table": (2, 2 * 2 * 64), "head.out.weight": (2, 64), "head.out.bias": (2,)}
+
+
+def _tiny_run(out, *extra):
+    from megaprompt.train import main
+    return main(["--backbone", "tiny-bert", "--task", "demo", "--output_dir", str(out), "--ds_config", Z3,
+                 "--batch_size", "4", "--prompt_len", "2", "--max_train_examples", "64", "--max_eval_examples", "16",
+                 "--max_steps", "6", "--save_every", "2", "--eval_every", "6", "--log_every", "1", "--seed", "5",
+                 *extra])
+
+
+def test_save_that_fails_partway_is_never_resumed(tmp_path, monkeypatch, train_env):  # noqa: F811
+    """The disk fills up while DeepSpeed writes step 4's files: step 4 must not count as a checkpoint (no
+    COMPLETE marker), and ``--resume auto`` continues from step 2, the last complete save. Every complete
+    save holds the trainable tensors only, loadable without pickle."""
+    real_save = torch.save
+
+    def save_or_fail(obj, f, *args, **kwargs):
+        if "step_4" in str(f):
+            raise OSError(28, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_or_fail)
+    with pytest.raises(OSError, match="No space left"):
+        _tiny_run(tmp_path)
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / "step_2" / ckpt.MARKER).is_file()
+    assert (ckpts / "step_4").is_dir(), "the failing save had started writing step 4"
+    assert not (ckpts / "step_4" / ckpt.MARKER).exists()
+    assert not (tmp_path / "metrics.json").exists()
+    assert_only_trainable_in_checkpoint(ckpts / "step_2", TRAINABLE)
+
+    assert _tiny_run(tmp_path, "--resume", "auto") == 0
+    log = (tmp_path / "train.log").read_text()
+    assert re.search(r"resumed from \S*step_2\b", log), log[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["steps"] == 6
+    # the interrupted step-4 save was replaced by a complete one, or rotated away
+    assert not (ckpts / "step_4").exists() or (ckpts / "step_4" / ckpt.MARKER).is_file()
+    assert_only_trainable_in_checkpoint(ckpts / "step_6", TRAINABLE)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.engine.conftest import ROOT, run_ok
+from tests.engine.conftest import ROOT, assert_only_trainable_in_checkpoint, run_ok
 
 pytestmark = pytest.mark.engine
 
@@ -37,3 +37,8 @@ def test_zero3_state_is_only_trainable_and_frozen_weights_are_partitioned(tmp_pa
         for ds_numel, local, visible in rec["frozen"]:
             assert local == math.ceil(ds_numel / world), (ds_numel, local)   # 1/world of it lives here
             assert visible == 0                                               # released outside forward
+    # the resume checkpoint both ranks wrote at the end: their shards of prompt + head and nothing frozen
+    step = tmp_path / "run" / "checkpoints" / "step_1"
+    assert len(list(step.glob("*optim_states.pt"))) == world
+    assert_only_trainable_in_checkpoint(step, {"prompt.table": (8, 2 * 2 * 64), "head.out.weight": (2, 64),
+                                               "head.out.bias": (2,)})

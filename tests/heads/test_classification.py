@@ -47,18 +47,28 @@ def test_regression_head_uses_mse():
     hidden = torch.randn(2, 4, 3)
     labels = torch.tensor([0.5, -1.0])
     out = head(hidden, torch.ones(2, 4), labels=labels)
-    assert out["logits"].shape == (2, 1)
-    torch.testing.assert_close(out["loss"], F.mse_loss(out["logits"].squeeze(-1), labels))
+    expected = hidden[:, 0] @ head.out.weight.T + head.out.bias          # (2, 1): one score per example
+    torch.testing.assert_close(out["logits"], expected)
+    torch.testing.assert_close(out["loss"], ((expected.squeeze(-1) - labels) ** 2).mean())
 
 
 def test_dropout_only_in_training():
+    """Dropout acts on the pooled vector in training only: with an identity output layer the logits ARE the
+    (dropped, 1/(1-p)-scaled) pooled vector."""
     torch.manual_seed(0)
-    head = ClassificationHead(16, 2, dropout=0.5)
-    hidden, mask = torch.randn(4, 3, 16), torch.ones(4, 3)
+    head = ClassificationHead(16, 16, dropout=0.5)
+    with torch.no_grad():
+        head.out.weight.copy_(torch.eye(16))
+        head.out.bias.zero_()
+    hidden, mask = torch.randn(64, 3, 16), torch.ones(64, 3)
+    pooled = hidden[:, 0]
     head.eval()
-    torch.testing.assert_close(head(hidden, mask)["logits"], head.out(hidden[:, 0]))
+    torch.testing.assert_close(head(hidden, mask)["logits"], pooled, rtol=0, atol=0)
     head.train()
-    assert not torch.allclose(head(hidden, mask)["logits"], head.out(hidden[:, 0]))
+    logits = head(hidden, mask)["logits"]
+    dropped = logits == 0
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    torch.testing.assert_close(logits[~dropped], 2 * pooled[~dropped])
 
 
 def test_invalid_pooling_and_kind():

@@ -90,10 +90,25 @@ def test_span_head_loss_and_padding():
     assert head(hidden, mask)["loss"] is None
 
 
-def test_build_head_kinds():
-    assert isinstance(build_head("mc", H, 1), MultipleChoiceHead)
-    assert isinstance(build_head("tag", H, 9), TokenClassificationHead)
-    assert isinstance(build_head("span", H, 0), SpanHead)
+def test_build_head_kinds_wire_their_arguments():
+    """``build_head`` passes each kind its pooling, label count and dropout: outputs match hand computations."""
+    torch.manual_seed(0)
+    hidden, mask = torch.randn(4, 5, H), _mask([5, 3, 4, 2], 5)
+    mc = build_head("mc", H, 1, pooling="last", dropout=0.0)
+    last = hidden[torch.arange(4), torch.tensor([4, 2, 3, 1])]
+    torch.testing.assert_close(mc(hidden, mask, num_choices=2)["logits"],
+                               (last @ mc.out.weight.T + mc.out.bias).view(2, 2))
+    for kind, n, width in (("tag", 9, 9), ("span", 0, 2)):
+        head = build_head(kind, H, n, dropout=0.0)
+        torch.testing.assert_close(head(hidden, mask)["logits"], hidden @ head.out.weight.T + head.out.bias)
+        assert head.out.weight.shape == (width, H)
+    tag = build_head("tag", H, H, dropout=0.5).train()      # dropout reaches the head: identity output layer
+    with torch.no_grad():
+        tag.out.weight.copy_(torch.eye(H))
+        tag.out.bias.zero_()
+    out = tag(hidden, mask)["logits"]
+    assert 0.3 < (out == 0).float().mean().item() < 0.7
+    torch.testing.assert_close(out[out != 0], 2 * hidden[out != 0])
 
 
 @pytest.fixture(scope="module")

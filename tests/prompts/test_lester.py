@@ -1,4 +1,9 @@
-"""Lester et al. prompt tuning: P trainable input embeddings prepended to the real tokens' embeddings."""
+"""Lester et al. prompt tuning: P trainable input embeddings prepended to the real tokens' embeddings.
+
+Reference for the logits: the untouched bare backbone fed ``[prompt ; word embeddings]`` (prompt positions
+attended unless masked, token type 0), and the head's linear layer applied by hand to the pooled *real*
+token (the first real token for encoders, the last real one for decoders), never to a prompt position.
+"""
 from __future__ import annotations
 
 import copy
@@ -13,36 +18,111 @@ from megaprompt.prompts import PromptConfig
 P = 3
 
 
-def wrap(tiny, family, **kw):
+def wrap(tiny, family, prefix_dropout=0.0, **kw):
+    """(model in eval mode with O(1) prompt vectors so every slot matters, untouched bare backbone)."""
     bb = tiny.backbone(family)
     bare = copy.deepcopy(bb)
-    cfg = PromptConfig(method="lester", prompt_len=P, prefix_dropout=0.0, **kw)
-    return build_model(bb, cfg, "cls", 2, head_dropout=0.0).eval(), bare
+    cfg = PromptConfig(method="lester", prompt_len=P, prefix_dropout=prefix_dropout, **kw)
+    model = build_model(bb, cfg, "cls", 2, head_dropout=0.0).eval()
+    if not kw:
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model.prompt.embedding.normal_(0.0, 1.0)
+    return model, bare
 
 
-def test_lester_prepends_prompt_positions(tiny, family, capture_hidden):
-    model, bare = wrap(tiny, family)
-    ids = tiny.ids(2, 6, seed=2)
+def right_padded(tiny, family, length=6, n_pad=2, seed=2):
+    ids = tiny.ids(2, length, seed=seed)
     mask = torch.ones_like(ids)
-    ids[1, -2:], mask[1, -2:] = tiny.pad_id(family), 0
+    ids[1, -n_pad:], mask[1, -n_pad:] = tiny.pad_id(family), 0
+    return ids, mask
+
+
+def reference_logits(tiny, family, model, bare, ids, mask, prompt=None, token_type_ids=None, prompt_mask=None):
+    """Row by row: the bare backbone on [prompt ; embeddings], then the head on the pooled real token."""
+    W, b = model.head.out.weight, model.head.out.bias
+    rows = []
+    for r in range(ids.shape[0]):
+        p = (model.prompt.embedding if prompt is None else prompt[r]).detach()     # (P, E)
+        pm = torch.ones(P, dtype=torch.long) if prompt_mask is None else prompt_mask[r].long()
+        if tiny.is_decoder(family) and prompt_mask is not None:
+            # decoders number attended positions only (RoPE): a hidden slot is the same as an absent one
+            p, pm = p[pm.bool()], pm[pm.bool()]
+        n = p.shape[0]
+        real_len = int(mask[r].sum())
+        embeds = bare.get_input_embeddings()(ids[r:r + 1])
+        kw = {"inputs_embeds": torch.cat([p[None], embeds], dim=1),
+              "attention_mask": torch.cat([pm[None], mask[r:r + 1]], dim=1)}
+        if token_type_ids is not None:                       # prompt positions are segment A (type 0)
+            kw["token_type_ids"] = torch.cat([torch.zeros(1, n, dtype=torch.long), token_type_ids[r:r + 1]], 1)
+        with torch.no_grad():
+            hidden = bare(**kw).last_hidden_state[0, n:]     # real tokens only
+        pooled = hidden[real_len - 1] if tiny.is_decoder(family) else hidden[0]
+        rows.append(pooled @ W.T + b)
+    return torch.stack(rows).detach()
+
+
+def test_lester_logits_match_reference(tiny, family, capture_hidden):
+    # prefix_dropout > 0: eval mode must not drop prompt entries
+    model, bare = wrap(tiny, family, prefix_dropout=0.5)
+    ids, mask = right_padded(tiny, family)
     cap = capture_hidden(model.backbone)
     with torch.no_grad():
-        out = model(ids, mask)
+        out = model(ids, mask)["logits"]
     assert cap.last.shape == (2, P + 6, model.spec.hidden_size)   # the backbone saw P extra positions
-    assert out["logits"].shape == (2, 2)
     assert model.holder is None                                    # no prefix attention involved
-
-    # Reference: the bare backbone fed [prompt ; word embeddings] with the prompt attended; the model hands the
-    # head only the real tokens, i.e. backbone positions P..P+L-1.
+    ref = reference_logits(tiny, family, model, bare, ids, mask)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # Non-vacuous: the prompt changes the logits (the head on the bare backbone's own outputs differs)
     with torch.no_grad():
-        embeds = bare.get_input_embeddings()(ids)
-        full = torch.cat([model.prompt.embedding.expand(2, -1, -1), embeds], dim=1)
-        am = torch.cat([torch.ones(2, P, dtype=mask.dtype), mask], dim=1)
-        ref = bare(inputs_embeds=full, attention_mask=am).last_hidden_state
         plain = bare(input_ids=ids, attention_mask=mask).last_hidden_state
-    real = mask.bool()
-    assert (cap.last[:, P:][real] - ref[:, P:][real]).abs().max().item() <= 1e-5
-    assert (cap.last[:, P:][real] - plain[real]).abs().max().item() > 1e-3   # the prompt matters
+    pooled = plain[[0, 1], [5, 3]] if tiny.is_decoder(family) else plain[:, 0]
+    assert (pooled @ model.head.out.weight.T + model.head.out.bias - out).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("fam", ["bert", "electra"])             # the families with segment embeddings
+def test_lester_token_types_are_zero_on_prompt_positions(tiny, fam):
+    model, bare = wrap(tiny, fam)
+    ids, mask = right_padded(tiny, fam)
+    tt = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])
+    with torch.no_grad():
+        out = model(ids, mask, token_type_ids=tt)["logits"]
+    torch.testing.assert_close(out, reference_logits(tiny, fam, model, bare, ids, mask, token_type_ids=tt),
+                               rtol=0, atol=1e-5)
+    # Non-vacuous: the token types matter here - all zeros gives other logits
+    zeros = reference_logits(tiny, fam, model, bare, ids, mask, token_type_ids=torch.zeros_like(tt))
+    assert (zeros - out).abs().max().item() > 1e-4
+
+
+def test_lester_prompt_mask_hides_slots(tiny, family):
+    model, bare = wrap(tiny, family)
+    ids, mask = right_padded(tiny, family)
+    pm = torch.tensor([[True, False, True], [False, True, True]])
+    with torch.no_grad():
+        out = model(ids, mask, prefix_mask=pm)["logits"]
+        visible = model(ids, mask)["logits"]
+    torch.testing.assert_close(out, reference_logits(tiny, family, model, bare, ids, mask, prompt_mask=pm),
+                               rtol=0, atol=1e-5)
+    assert ((out - visible).abs().amax(-1) > 1e-4).all()         # every row: the hidden slot mattered
+
+
+def test_lester_dropout_in_training_drops_prompt_entries_per_example(tiny):
+    model, bare = wrap(tiny, "bert", prefix_dropout=0.5)
+    model.train()                                              # the tiny backbone and head have no dropout
+    used = []
+    model.prompt.register_forward_hook(lambda m, a, out: used.append(out.detach()))
+    ids, mask = right_padded(tiny, "bert")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model(ids, mask)["logits"]
+    prompt = used[0]                                           # (B, P, E) what the backbone received
+    emb = model.prompt.embedding.detach()
+    dropped = prompt == 0
+    assert 0.3 < dropped.float().mean().item() < 0.7
+    torch.testing.assert_close(prompt[~dropped], (2 * emb.expand_as(prompt))[~dropped])   # inverted scaling
+    assert not torch.equal(dropped[0], dropped[1])             # each example draws its own mask
+    torch.testing.assert_close(out, reference_logits(tiny, "bert", model, bare, ids, mask, prompt=prompt),
+                               rtol=0, atol=1e-5)
 
 
 def test_lester_prompt_gets_gradient_and_is_the_only_trainable_prompt(tiny, family):
@@ -52,18 +132,8 @@ def test_lester_prompt_gets_gradient_and_is_the_only_trainable_prompt(tiny, fami
         {"prompt.embedding", "head.out.weight", "head.out.bias"}
     ids = tiny.ids(2, 5)
     model(ids, torch.ones_like(ids), labels=torch.tensor([0, 1]))["loss"].backward()
-    assert model.prompt.embedding.grad.abs().sum() > 0
+    assert (model.prompt.embedding.grad.abs().sum(-1) > 0).all()       # every prompt vector
     assert all(p.grad is None for n, p in model.backbone.named_parameters())
-
-
-def test_lester_token_type_ids_are_extended(tiny):
-    model, _ = wrap(tiny, "bert")
-    ids = tiny.ids(1, 5)
-    tt = torch.tensor([[0, 0, 1, 1, 1]])
-    with torch.no_grad():
-        a = model(ids, torch.ones_like(ids), token_type_ids=tt)["logits"]
-        b = model(ids, torch.ones_like(ids))["logits"]
-    assert not torch.allclose(a, b)  # segment ids reach the real tokens (after the P prompt positions)
 
 
 @pytest.mark.parametrize("fam", ["bert", "electra"])

@@ -56,10 +56,18 @@ def test_mlp_reparameterization():
     width = SPEC.num_layers * 2 * SPEC.num_kv_heads * SPEC.head_dim
     assert shapes == {"embedding": (P, SPEC.hidden_size), "mlp.0.weight": (7, SPEC.hidden_size), "mlp.0.bias": (7,),
                       "mlp.2.weight": (width, 7), "mlp.2.bias": (width,)}
-    assert isinstance(prefix.mlp[1], torch.nn.Tanh)
+    # the official reparameterization: Linear -> tanh -> Linear on the prompt embeddings, by hand
+    w1, b1 = prefix.get_parameter("mlp.0.weight"), prefix.get_parameter("mlp.0.bias")
+    w2, b2 = prefix.get_parameter("mlp.2.weight"), prefix.get_parameter("mlp.2.bias")
     flat = prefix.flat()
     assert flat.shape == (P, width)
-    torch.testing.assert_close(flat, prefix.mlp(prefix.embedding))
+    torch.testing.assert_close(flat, torch.tanh(prefix.embedding @ w1.T + b1) @ w2.T + b2)
+    # and the per-layer keys/values are that flat prefix in the documented layout
+    view = flat.detach().view(P, SPEC.num_layers, 2, SPEC.num_kv_heads, SPEC.head_dim)
+    for layer, (k, v) in enumerate(prefix.eval()(1)):
+        torch.testing.assert_close(k[0], view[:, layer, 0].transpose(0, 1))
+        torch.testing.assert_close(v[0], view[:, layer, 1].transpose(0, 1))
+    prefix.train()
     # every parameter of the MLP gets a gradient through the prefixes
     sum(k.sum() + (v * 2).sum() for k, v in prefix(2)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prefix.parameters())

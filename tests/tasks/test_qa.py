@@ -157,3 +157,51 @@ def test_errors(tmp_path):
     (tmp_path / "dev-v1.1.json").write_text('{"version": 1}')
     with pytest.raises(DataError, match="top-level 'data' list"):
         get_task("squad").load(str(tmp_path), "dev")
+
+
+def test_squad_v2_null_score_is_the_minimum_over_all_windows(tmp_path, tokenizer):
+    """Every question spans several windows. Per question the "no answer" score is the lowest [CLS] score
+    of ANY of its windows (as the official reference decoder does), not the first, last or answer window's;
+    the best span may sit in yet another window."""
+    qs = QS[:2] + [("q4", "Who painted the tower?", None, True)]
+    (tmp_path / "dev-v2.0.json").write_text(json.dumps(squad_json(qs, version_2=True)))
+    task = get_task("squad_v2", null_threshold=0.0)
+    enc = task.encode(task.load(str(tmp_path), "dev"), tokenizer, 64)
+    windows = [[j for j, f in enumerate(enc.features) if f["example_index"] == i] for i in range(3)]
+    assert all(len(w) >= 4 for w in windows), [len(w) for w in windows]
+    outs = [np.zeros((len(f["input_ids"]), 2), dtype=np.float32) for f in enc.features]
+
+    def set_null(j, score):
+        outs[j][0] = [score / 2, score / 2]
+
+    for i, ws in enumerate(windows):
+        for j in ws:
+            set_null(j, 7.0)
+            f = enc.features[j]
+            if f["start_positions"] > 0:                    # the answer's windows: span score 2 + 2
+                outs[j][f["start_positions"], 0] = outs[j][f["end_positions"], 1] = 2.0
+    q1, q2, q4 = windows
+    assert enc.features[q1[0]]["start_positions"] > 0       # "Paris": first window; "1889": last windows
+    assert enc.features[q2[-1]]["start_positions"] > 0 and enc.features[q2[0]]["start_positions"] == 0
+    set_null(q1[0], 6.0)                                     # answer window: not the lowest null
+    set_null(q1[len(q1) // 2], 1.0)                          # the lowest, in a middle window
+    set_null(q2[0], 0.5)                                     # the lowest, far from the answer
+    for j in q2:
+        if enc.features[j]["start_positions"] > 0:
+            set_null(j, 8.0)
+    for j in q4:
+        set_null(j, 5.0)
+    set_null(q4[len(q4) // 2], 2.0)
+    c0 = enc.features[q4[0]]["offset_mapping"].index(next(o for o in enc.features[q4[0]]["offset_mapping"]
+                                                           if o[0] >= 0))
+    outs[q4[0]][c0] = [1.5, 1.5]                             # a weak span (3.0) in q4's first window
+    s, e = enc.features[q4[0]]["offset_mapping"][c0]
+    weak = CONTEXT[s:e]
+
+    decoded = task.decode(outs, enc)
+    assert [t for t, _ in decoded] == ["Paris", "1889", weak]
+    np.testing.assert_allclose([d for _, d in decoded], [1.0 - 4.0, 0.5 - 4.0, 2.0 - 3.0], rtol=0, atol=1e-6)
+    assert task.predict(outs, enc) == ["Paris", "1889", weak]  # diff < 0 = threshold: every one answers
+    m = task.evaluate(outs, enc)                               # tuned: answer q1, q2 (diff -3, -3.5), not q4 (-1)
+    assert (m["em"], m["f1"], m["no_ans_f1"]) == (100.0, 100.0, 100.0)
+    assert -3.0 < m["threshold"] < -1.0
