@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from megaprompt.files import follow_umask
 from megaprompt.tasks.base import EncodedSplit
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def cached_encode(task: Any, split: str, examples: list[dict[str, Any]], tokeniz
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp.npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        follow_umask(tmp)      # mkstemp makes 0600; colleagues on a shared cluster read the cache too
         os.replace(tmp, path)
     except (OSError, TypeError, ValueError) as e:
         logger.warning("could not write feature cache %s (%s)", path, e)
