@@ -6,12 +6,14 @@ baseline's ``_read_tsv``), CoNLL-style whitespace-separated column files with bl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
 
 from megaprompt.errors import UserError
+from megaprompt.files import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +31,40 @@ def _check_nonempty(path: Path) -> None:
         raise DataError(f"{path}: file is empty")
 
 
+def open_text(path: Path) -> io.StringIO:
+    """The file as text lines (split at \\n only, like iterating the file): UTF-8, a leading BOM dropped (Excel
+    and Notepad write one); bytes that are not UTF-8 give one line naming ``file:line``."""
+    try:
+        text = read_text(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    return io.StringIO(text.removeprefix("\ufeff"), newline="")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (write null or a number)")
+
+
+def _json_loads(text: str) -> Any:
+    """Strict JSON: Python's json accepts NaN/Infinity, which no other JSON reader does and no label can hold."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """One JSON object per non-blank line."""
     path = Path(path)
     _check_nonempty(path)
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = _json_loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             row["_line"] = lineno
@@ -55,11 +78,13 @@ def read_json(path: str | Path) -> Any:
     """A whole JSON document."""
     path = Path(path)
     _check_nonempty(path)
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    text = open_text(path).getvalue()
+    try:
+        return _json_loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: {e if isinstance(e, ValueError) else 'JSON nested too deeply'}") from None
 
 
 def read_table(path: str | Path, delimiter: str | None = None, header: bool = True,
@@ -76,7 +101,7 @@ def read_table(path: str | Path, delimiter: str | None = None, header: bool = Tr
     if quoting is None:
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         names: list[str] | None = None
         for record in reader:
@@ -115,7 +140,7 @@ def read_columns(path: str | Path, min_cols: int = 2, sep: str | None = None,
     width: int | None = None
     sentence: list[list[str]] = []
     start = 0
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             stripped = line.strip()
             if not stripped:

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from megaprompt.tasks.io import DataError, read_columns, read_jsonl
+from megaprompt.tasks.io import DataError, open_text, read_columns, read_jsonl
 from megaprompt.tasks.ner import brackets_to_bio
 from megaprompt.tasks.tagging import TaggingTask, check_tags, labels_from_tags
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def read_deep_srl(path: Path) -> list[dict[str, Any]]:
     """``<pred index> tokens ||| tags`` lines."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
