@@ -30,16 +30,21 @@ def _free_port() -> int:
 
 
 def _extensions_dir() -> str:
-    """Where DeepSpeed's JIT ops are built: one directory per (torch, DeepSpeed, Python) build.
+    """Where DeepSpeed's JIT ops are built: one directory per environment (torch and DeepSpeed installation).
 
     torch's default (``~/.cache/torch_extensions/py311_cpu``) is shared by every environment on the machine, and
-    a build made by one torch is rebuilt by the next (its build file records the compiler flags of the torch
-    that wrote it), so environments took turns recompiling for about a minute on nearly every run.
+    a build made by one environment is rebuilt by the next: its build file records the include paths and flags
+    of the torch that wrote it, so even two venvs with the same torch version took turns recompiling for about a
+    minute on nearly every run. Keyed by the versions (readable) and the installation paths (correct), each
+    environment builds once and keeps its build.
     """
+    import hashlib
+
     import deepspeed
     import torch
 
-    key = f"torch{torch.__version__}-ds{deepspeed.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    where = hashlib.sha1(f"{Path(torch.__file__).parent}|{Path(deepspeed.__file__).parent}".encode()).hexdigest()
+    key = f"torch{torch.__version__}-ds{deepspeed.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{where[:8]}"
     return str(Path.home() / ".cache" / "megaprompt" / "torch_extensions" / key.replace("+", "_"))
 
 
@@ -132,8 +137,8 @@ def init_deepspeed_comm() -> None:
     elif on_cpu and is_rank0():
         built = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
         if not built.is_file():
-            log.info("compiling DeepSpeed's CPU shared-memory communication op into %s (once per torch/DeepSpeed "
-                     "build; about a minute)", built.parent)
+            log.info("compiling DeepSpeed's CPU shared-memory communication op into %s (once per "
+                     "environment; about a minute)", built.parent)
     try:
         with contextlib.redirect_stdout(io.StringIO()):    # "DeepSpeed ... built successfully", every run
             deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
