@@ -91,7 +91,13 @@ def encode(d: Path, cache: Path, port: int) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+RUNS = [0]
+
+
 def train(d: Path, cache: Path, work: Path, port: int) -> dict[str, float]:
+    """One 2-rank run; each on its own port (a port the previous run's ranks just closed can still be taken)."""
+    RUNS[0] += 1
+    port += RUNS[0]
     out = work / f"run-{d.name}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
            str(ROOT / "megaprompt" / "train.py"), "--ds_config", str(ROOT / "ds_configs" / "zero3.json"),
@@ -100,7 +106,7 @@ def train(d: Path, cache: Path, work: Path, port: int) -> dict[str, float]:
     proc = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], env=env(cache, port), cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"training failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
     rss = float(re.search(r"PEAK_RSS_MB ([\d.]+)", proc.stdout).group(1))   # type: ignore[union-attr]
     log = (out / "train.log").read_text(encoding="utf-8")
     first = float(re.search(r"first step done, ([\d.]+) s after", log).group(1))   # type: ignore[union-attr]
