@@ -1,9 +1,11 @@
 """The task protocol: one object per task family bundles loader, preprocessing, head kind and metric.
 
 A task turns files in one task's folder (as officially distributed) into encoded features the engine can
-batch, and turns the model's gathered outputs back into the paper's metric (in percent, lower-case names).
+batch (``megaprompt.tasks.pipeline.load_split`` runs ``encode`` in batches of examples and stores the features as
+Arrow), and turns the model's gathered outputs back into the paper's metric (in percent, lower-case names).
 
-Batch conventions (what ``encode`` must produce per feature, all plain Python lists of ints/floats):
+Batch conventions (what ``encode`` must produce per feature, all plain Python lists of ints/floats; every
+feature carries ``example_index``, its example's position in the list ``encode`` was given):
   - every head: ``input_ids``, ``attention_mask`` and, for encoders that use them, ``token_type_ids``.
   - ``cls``  (pooled classification): ``labels`` int.
   - ``reg``  (pooled regression): ``labels`` float.
@@ -16,25 +18,13 @@ Batch conventions (what ``encode`` must produce per feature, all plain Python li
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+from megaprompt.tasks.pipeline import MODEL_KEYS, EncodedSplit  # noqa: F401  (re-exported)
+
 HEAD_KINDS = ("cls", "reg", "mc", "tag", "span")
-
-
-@dataclass
-class EncodedSplit:
-    """Features of one split plus whatever the metric needs to map outputs back to examples."""
-
-    features: list[dict[str, Any]]
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.features)
 
 
 class Task(Protocol):
@@ -127,6 +117,14 @@ class BaseTask:
     def require_files(self, data_dir: str, split: str) -> None:
         """Raise a one-line ``DataError`` when ``split``'s file is missing (a cheap check: nothing is read)."""
         self.split_path(data_dir, split)
+
+    def source_files(self, data_dir: str | None, split: str) -> list[Path]:
+        """Every file ``load(data_dir, split)`` reads (the feature cache hashes their bytes); [] for the hub."""
+        return [] if data_dir is None else [self.split_path(data_dir, split)]
+
+    def prepare(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Split-level normalisation before ``encode`` runs on batches of examples (default: none)."""
+        return examples
 
     def split_path(self, data_dir: str, split: str) -> Path:
         split = canonical_split(split, self.splits, self.name)

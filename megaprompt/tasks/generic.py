@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from megaprompt.tasks.base import check_label
+from megaprompt.tasks.cache import memo_json
 from megaprompt.tasks.io import DataError, read_jsonl, read_table
 from megaprompt.tasks.ner import read_conll_tagged
 from megaprompt.tasks.sentence import SentenceTask
@@ -63,6 +64,10 @@ class _GenericText(SentenceTask):
 
     def _labels_from_train(self, data_dir: str) -> list[str]:
         path = self.split_path(data_dir, "train")
+        return memo_json("generic-labels", [path], lambda: self._read_labels(path))
+
+    @staticmethod
+    def _read_labels(path: Path) -> list[str]:
         rows = read_text_rows(path)
         values = set()
         for r in rows:
@@ -124,8 +129,9 @@ class GenericTagging(TaggingTask):
     def __init__(self, data_dir: str | None = None, label_names: list[str] | None = None) -> None:
         self.label_names = list(label_names) if label_names else (_labels_txt(data_dir) or [])
         if not self.label_names and data_dir is not None:
-            train = self.read(self.split_path(data_dir, "train"), "train", check=False)
-            self.label_names = labels_from_tags([t for e in train for t in e["tags"]])
+            path = self.split_path(data_dir, "train")
+            self.label_names = memo_json("generic_tag-labels", [path], lambda: labels_from_tags(
+                [t for e in self.read(path, "train", check=False) for t in e["tags"]]))
 
     def read(self, path: Path, split: str, check: bool = True) -> list[dict[str, Any]]:
         out = read_conll_tagged(path, tag_col=-1)

@@ -176,7 +176,7 @@ class SQuAD(BaseTask):
         n = len(split.examples)
         best: list[tuple[float, str]] = [(-np.inf, "")] * n
         null: list[float] = [np.inf] * n
-        for f, out in zip(split.features, outputs):
+        for f, out in zip(split.rows(["input_ids", "example_index", "offset_mapping"]), outputs):
             logits = np.asarray(out, dtype=np.float64)
             L = len(f["input_ids"])
             start, end = logits[:L, 0], logits[:L, 1]

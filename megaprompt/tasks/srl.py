@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from megaprompt.tasks.cache import memo_json
 from megaprompt.tasks.io import DataError, read_columns, read_jsonl
 from megaprompt.tasks.ner import brackets_to_bio
 from megaprompt.tasks.tagging import TaggingTask, check_tags, labels_from_tags
@@ -104,8 +105,9 @@ class _SRL(TaggingTask):
         except DataError as e:   # e.g. a test-only folder: labels must then come from label_names / labels.txt
             logger.warning("%s: no label set yet (%s)", self.name, e)
             return []
-        train = self.load(data_dir, "train")
-        return labels_from_tags([t for e in train for t in e["tags"]])
+        path = self.split_path(data_dir, "train")
+        return memo_json(f"{self.name}-labels", [path],
+                         lambda: labels_from_tags([t for e in self.load(data_dir, "train") for t in e["tags"]]))
 
     def read(self, path: Path, split: str) -> list[dict[str, Any]]:
         name = path.name

@@ -309,7 +309,7 @@ class ReCoRD(BaseTask):
         logits = stack_outputs(outputs, len(split.features)).reshape(len(split.features), -1)
         score = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
         best: dict[int, tuple[float, str]] = {}
-        for f, s in zip(split.features, score):
+        for f, s in zip(split.rows(["example_index", "entity"]), score):
             i = f["example_index"]
             if i not in best or s > best[i][0]:
                 best[i] = (float(s), f["entity"])

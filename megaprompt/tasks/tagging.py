@@ -77,7 +77,7 @@ class TaggingTask(BaseTask):
         if len(outputs) != len(split.features):
             raise ValueError(f"got outputs for {len(outputs)} features, expected {len(split.features)}")
         preds = [["O"] * len(e["tokens"]) for e in split.examples]
-        for f, logits in zip(split.features, outputs):
+        for f, logits in zip(split.rows(["example_index", "word_ids"]), outputs):
             ids = np.asarray(logits).argmax(-1)
             row = preds[f["example_index"]]
             prev = -1
