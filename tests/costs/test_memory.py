@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -175,3 +176,24 @@ def test_estimate_rejects_impossible_setup():
         estimate(facts([1], [1]), Setup(gpus_per_node=3))
     with pytest.raises(CostInputError, match="stage 4"):
         estimate(facts([1], [1]), Setup(stage=4))
+
+
+def test_cli_defaults_to_the_shipped_zero3_config(capsys):
+    """The estimate describes the run the README launches: ds_configs/zero3.json (memory_efficient_linear off),
+    unless --ds_config none asks for DeepSpeed's defaults (on: frozen linears keep their inputs)."""
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "ds_configs" / "zero3.json").read_text())
+    assert main(["--backbone", "tiny-bert", "--seq_len", "16", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["setup"]["ds_config"].endswith("ds_configs/zero3.json")
+    z = shipped["zero_optimization"]
+    assert default["setup"]["memory_efficient_linear"] is z["memory_efficient_linear"] is False
+    assert default["setup"]["persistence_threshold"] == z["stage3_param_persistence_threshold"]
+    assert main(["--backbone", "tiny-bert", "--seq_len", "16", "--json", "--ds_config", "none"]) == 0
+    stock = json.loads(capsys.readouterr().out)
+    assert stock["setup"]["ds_config"] is None and stock["setup"]["memory_efficient_linear"] is True
+    pt2 = {r["method"]: r for r in default["methods"]}["pt2"]
+    pt2_stock = {r["method"]: r for r in stock["methods"]}["pt2"]
+    # DeepSpeed's memory-efficient linear saves every frozen linear's input: more activations for P-Tuning v2
+    assert pt2_stock["gpu_bytes"]["activations"] > pt2["gpu_bytes"]["activations"]
+    assert main(["--backbone", "tiny-bert", "--seq_len", "16"]) == 0
+    assert "DeepSpeed settings from ds_configs/zero3.json" in capsys.readouterr().out

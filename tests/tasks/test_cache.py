@@ -80,3 +80,17 @@ def test_disabled_and_key_depends_on_tokenizer(tmp_path, tokenizer, counting, mo
     from transformers import AutoTokenizer
     cased = AutoTokenizer.from_pretrained(Path(tokenizer.name_or_path), do_lower_case=False)
     assert cache_key(task, "train", ex, cased, 32) != k1                 # a different tokenizer misses
+
+
+def test_cache_files_follow_the_umask(tmp_path, tokenizer):
+    """A shared cluster's colleagues read the cache: its files get 0666 minus the umask, not mkstemp's 0600."""
+    import os
+    import stat
+    _copa(tmp_path)
+    old = os.umask(0o022)
+    try:
+        load_split(get_task("copa"), str(tmp_path), "train", tokenizer, 32, cache=str(tmp_path / "c"))
+    finally:
+        os.umask(old)
+    (f,) = (tmp_path / "c").glob("*.npz")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
