@@ -49,7 +49,10 @@ class Task(Protocol):
 # ----------------------------------------------------------------------------- shared implementation
 import difflib  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 from megaprompt.tasks.io import DataError, find_file  # noqa: E402
 
@@ -79,9 +82,44 @@ def check_label(value: Any, label_names: Sequence[str], where: str) -> str:
 
 
 def require(row: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with {list(keys)}, got {type(row).__name__}")
     missing = [k for k in keys if k not in row]
     if missing:
         raise DataError(f"{where}: missing field(s) {missing}")
+    null = [k for k in keys if row[k] is None or (isinstance(row[k], float) and not math.isfinite(row[k]))]
+    if null:
+        raise DataError(f"{where}: field(s) {null} are null or NaN")
+
+
+@contextmanager
+def at(where: str) -> Iterator[None]:
+    """Parse one record: a field of the wrong type or shape (a TypeError, KeyError, ... in the parsing code) becomes
+    a one-line ``DataError`` naming ``where``, the file:line or record at fault."""
+    try:
+        yield
+    except DataError:
+        raise
+    except KeyError as e:
+        raise DataError(f"{where}: missing field {e.args[0]!r}") from None
+    except (TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
+        raise DataError(f"{where}: malformed record ({type(e).__name__}: {one_line_of(e)})") from None
+
+
+def one_line_of(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def finite_number(raw: Any, where: str) -> float:
+    """A regression label: a finite float, else a one-line error naming ``where``."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: regression label {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: regression label {raw!r} is not a finite number")
+    return value
 
 
 class BaseTask:
@@ -108,7 +146,8 @@ class BaseTask:
         if data_dir is None:
             return self.load_hf(split)
         path = find_file(data_dir, self.splits[split], f"task {self.name!r} split {split!r}")
-        examples = self.read(path, split)
+        with at(str(path)):    # a safety net; readers name the line themselves
+            examples = self.read(path, split)
         if not examples:
             raise DataError(f"{path}: no examples")
         logger.info("%s/%s: %d examples from %s", self.name, split, len(examples), path)

@@ -11,10 +11,12 @@ aliases.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from megaprompt.tasks.base import check_label
+from megaprompt.tasks.base import at, check_label, finite_number, require
+from megaprompt.files import read_text
 from megaprompt.tasks.cache import memo_json
 from megaprompt.tasks.io import DataError, read_jsonl, read_table
 from megaprompt.tasks.ner import read_conll_tagged
@@ -38,7 +40,11 @@ def _labels_txt(data_dir: str | None) -> list[str] | None:
     p = Path(data_dir) / "labels.txt"
     if not p.is_file():
         return None
-    names = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        text = read_text(p)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    names = [x.strip() for x in text.splitlines() if x.strip()]
     if not names:
         raise DataError(f"{p}: file is empty")
     return names
@@ -73,8 +79,11 @@ class _GenericText(SentenceTask):
         for r in rows:
             if "label" not in r:
                 raise DataError(f"{path}:{r.get('_line')}: missing column 'label'")
-            values.add(str(r["label"]).strip())
-        if all(v.lstrip("-").isdigit() for v in values):
+            raw = r["label"]
+            if raw is None or (isinstance(raw, float) and not math.isfinite(raw)) or not str(raw).strip():
+                raise DataError(f"{path}:{r.get('_line')}: label {raw!r} is empty, null or NaN")
+            values.add(str(raw).strip())
+        if all(v.lstrip("-").isascii() and v.lstrip("-").isdigit() for v in values):
             return sorted(values, key=int)
         return sorted(values)
 
@@ -85,24 +94,23 @@ class _GenericText(SentenceTask):
         out = []
         for i, r in enumerate(rows):
             w = f"{where}:{r.get('_line', i + 1)}"
-            tk = next((k for k in TEXT_KEYS if k in r), None)
-            if tk is None:
-                raise DataError(f"{w}: missing column 'text' (have {sorted(k for k in r if k != '_line')})")
-            pk = next((k for k in PAIR_KEYS if k in r), None)
-            raw = r.get("label")
-            if raw is None or raw == "":
-                if split != "test":
-                    raise DataError(f"{w}: missing column 'label' in a {split} example")
-                label = None
-            elif self.head == "reg":
-                try:
-                    label = float(raw)
-                except (TypeError, ValueError):
-                    raise DataError(f"{w}: regression label {raw!r} is not a number") from None
-            else:
-                label = check_label(raw, self.label_names, w)
-            out.append({"idx": r.get("idx", r.get("id", i)), "text": str(r[tk]),
-                        "text_pair": str(r[pk]) if pk and r[pk] is not None else None, "label": label})
+            with at(w):
+                tk = next((k for k in TEXT_KEYS if k in r), None)
+                if tk is None:
+                    raise DataError(f"{w}: missing column 'text' (have {sorted(k for k in r if k != '_line')})")
+                pk = next((k for k in PAIR_KEYS if k in r), None)
+                raw = r.get("label")
+                if raw is None or raw == "":
+                    if split != "test":
+                        raise DataError(f"{w}: missing column 'label' in a {split} example")
+                    label = None
+                elif self.head == "reg":
+                    label = finite_number(raw, w)
+                else:
+                    label = check_label(raw, self.label_names, w)
+                require(r, [tk], w)
+                out.append({"idx": r.get("idx", r.get("id", i)), "text": str(r[tk]),
+                            "text_pair": str(r[pk]) if pk and r[pk] is not None else None, "label": label})
         return out
 
 

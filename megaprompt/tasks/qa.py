@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from megaprompt.tasks import metrics as M
-from megaprompt.tasks.base import BaseTask, EncodedSplit
+from megaprompt.tasks.base import BaseTask, EncodedSplit, at
 from megaprompt.tasks.encoding import require_fast
 from megaprompt.tasks.io import DataError, read_json
 
@@ -30,28 +30,49 @@ def parse_squad(data: Any, where: str, version_2: bool) -> list[dict[str, Any]]:
         raise DataError(f"{where}: expected SQuAD JSON with a top-level 'data' list")
     out = []
     for a, article in enumerate(data["data"]):
-        for p, para in enumerate(article.get("paragraphs", [])):
+        with at(f"{where}: data[{a}]"):
+            paragraphs = article.get("paragraphs", [])
+            _check_type(paragraphs, list, f"{where}: data[{a}].paragraphs")
+        for p, para in enumerate(paragraphs):
             w = f"{where}: data[{a}].paragraphs[{p}]"
-            if "context" not in para or "qas" not in para:
-                raise DataError(f"{w}: missing 'context' or 'qas'")
-            context = para["context"]
-            for qa in para["qas"]:
-                if "id" not in qa or "question" not in qa:
-                    raise DataError(f"{w}: a question lacks 'id' or 'question'")
-                answers = qa.get("answers", [])
-                impossible = bool(qa.get("is_impossible", False))
-                for ans in answers:
-                    s = int(ans["answer_start"])
-                    if context[s:s + len(ans["text"])] != ans["text"]:
-                        raise DataError(f"{w}: question {qa['id']}: answer {ans['text']!r} is not at "
-                                        f"character {s} of the context")
-                if impossible and not version_2:
-                    raise DataError(f"{w}: question {qa['id']} is unanswerable; use task squad_v2")
-                out.append({"idx": qa["id"], "id": qa["id"], "title": article.get("title", ""),
-                            "question": qa["question"], "context": context,
-                            "answers": [{"text": x["text"], "answer_start": int(x["answer_start"])} for x in answers],
-                            "is_impossible": impossible,
-                            "label": True if (answers or impossible) else None})
+            with at(w):
+                out.extend(_parse_paragraph(para, article.get("title", ""), w, version_2))
+    return out
+
+
+def _check_type(value: Any, kind: type, w: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{w}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+def _parse_paragraph(para: Any, title: Any, w: str, version_2: bool) -> list[dict[str, Any]]:
+    """The questions of one SQuAD paragraph; answers must sit at their ``answer_start`` in the context."""
+    out = []
+    if not isinstance(para, dict) or "context" not in para or "qas" not in para:
+        raise DataError(f"{w}: missing 'context' or 'qas'")
+    context = para["context"]
+    _check_type(context, str, f"{w}.context")
+    _check_type(para["qas"], list, f"{w}.qas")
+    for qa in para["qas"]:
+        if not isinstance(qa, dict) or "id" not in qa or "question" not in qa:
+            raise DataError(f"{w}: a question lacks 'id' or 'question'")
+        _check_type(qa["question"], str, f"{w}: question {qa['id']!r}")
+        answers = qa.get("answers", [])
+        _check_type(answers, list, f"{w}: question {qa['id']!r} answers")
+        impossible = bool(qa.get("is_impossible", False))
+        for ans in answers:
+            _check_type(ans.get("text") if isinstance(ans, dict) else ans, str, f"{w}: an answer's text")
+            s = int(ans["answer_start"])
+            if s < 0 or context[s:s + len(ans["text"])] != ans["text"]:
+                raise DataError(f"{w}: question {qa['id']}: answer {ans['text']!r} is not at "
+                                f"character {s} of the context")
+        if impossible and not version_2:
+            raise DataError(f"{w}: question {qa['id']} is unanswerable; use task squad_v2")
+        out.append({"idx": qa["id"], "id": str(qa["id"]), "title": str(title),
+                    "question": qa["question"], "context": context,
+                    "answers": [{"text": x["text"], "answer_start": int(x["answer_start"])} for x in answers],
+                    "is_impossible": impossible,
+                    "label": True if (answers or impossible) else None})
     return out
 
 
