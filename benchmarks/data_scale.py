@@ -94,8 +94,18 @@ def encode(d: Path, cache: Path, port: int) -> dict[str, float]:
 RUNS = [0]
 
 
-def train(d: Path, cache: Path, work: Path, port: int) -> dict[str, float]:
-    """One 2-rank run; each on its own port (a port the previous run's ranks just closed can still be taken)."""
+def train(d: Path, cache: Path, work: Path, port: int, tries: int = 3) -> dict[str, float]:
+    """One 2-rank run, each on its own port; a run whose ranks lose their connection (seen on this shared machine
+    under load, in runs of the old and the new pipeline alike) is retried, and the retries are reported."""
+    for attempt in range(tries):
+        try:
+            return {**_train(d, cache, work, port), "retries": attempt}
+        except RuntimeError as err:
+            print(f"run failed (attempt {attempt + 1} of {tries}): {err}", file=sys.stderr, flush=True)
+    raise SystemExit("training failed; see above")
+
+
+def _train(d: Path, cache: Path, work: Path, port: int) -> dict[str, float]:
     RUNS[0] += 1
     port += RUNS[0]
     out = work / f"run-{d.name}-{time.time_ns()}"
@@ -106,7 +116,8 @@ def train(d: Path, cache: Path, work: Path, port: int) -> dict[str, float]:
     proc = subprocess.run([sys.executable, "-c", LAUNCH, *cmd], env=env(cache, port), cwd=ROOT,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"training failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        first = [x for x in proc.stderr.splitlines() if "Error" in x][:3]
+        raise RuntimeError(f"exit {proc.returncode}: {' | '.join(first)}")
     rss = float(re.search(r"PEAK_RSS_MB ([\d.]+)", proc.stdout).group(1))   # type: ignore[union-attr]
     log = (out / "train.log").read_text(encoding="utf-8")
     first = float(re.search(r"first step done, ([\d.]+) s after", log).group(1))   # type: ignore[union-attr]
@@ -136,6 +147,7 @@ def main() -> int:
         run = train(d, cache, work, args.port)
         print(f"{tag}: cached first step {run['first_step_s']:.1f} s, peak RSS per rank {run['rss_mb']:.0f} MB",
               flush=True)
+        res[f"retries_{tag}"] = run["retries"]
         if tag == "small":
             res["rss_mb_per_rank_small"] = round(run["rss_mb"], 1)
             res["cached_first_step_s_small"] = round(run["first_step_s"], 2)
