@@ -103,7 +103,7 @@ def save(folder: Path, features: Any, examples: Any, meta: dict[str, Any]) -> bo
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_dir(folder.parent, f".{folder.name}.tmp-{os.getpid()}-")
-        with _quiet_bars():
+        with quiet_bars():
             features.save_to_disk(str(tmp / "features"))
             examples.save_to_disk(str(tmp / "examples"))
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1, default=str))   # written last: complete
@@ -123,7 +123,7 @@ def save(folder: Path, features: Any, examples: Any, meta: dict[str, Any]) -> bo
 
 
 @contextmanager
-def _quiet_bars() -> Iterator[None]:
+def quiet_bars() -> Iterator[None]:
     """No "Saving the dataset" bars: the tokenizing bar is the one that says how far rank 0 is."""
     import datasets
     was = not datasets.are_progress_bars_disabled()

@@ -13,7 +13,8 @@ the split's numbering, so QA windows, multiple-choice groups, tagging alignments
 link to the example). Integer columns are stored as int32. The result is saved with ``save_to_disk`` and
 reopened with ``load_from_disk``: every rank, rank 0 included, then reads the same memory-mapped Arrow files
 and holds no Python copy of the split. A rerun with unchanged inputs (``megaprompt.tasks.cache``) reads neither
-the raw file nor runs the tokenizer. Rank 0 shows ``datasets``' progress bars; the other ranks do not.
+the raw file nor runs the tokenizer. Rank 0 shows ``datasets``' tokenizing progress bar (for splits of
+``BAR_FROM`` examples or more); the other ranks show none.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import logging
 import os
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
@@ -35,6 +36,7 @@ MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
 PADS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "labels": -100}
 MAP_BATCH = 1000
+BAR_FROM = 10_000           # smaller splits tokenize in about a second: no progress bar
 Transform = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
@@ -178,7 +180,7 @@ def build(task: Any, data_dir: str | None, split: str, tokenizer: Any, max_seq_l
         names = keys or (list(out[0]) if out else [])
         return {k: [f[k] for f in out] for k in names}
 
-    with _merged_logs():
+    with _merged_logs(), (cache.quiet_bars() if n < BAR_FROM else nullcontext()):
         features = table.map(encode, batched=True, batch_size=MAP_BATCH, with_indices=True, remove_columns=["json"],
                              keep_in_memory=True, features=types, desc=f"tokenizing {task.name}/{split}")
     logger.info("%s/%s: %d examples -> %d features in %.1f s", task.name, split, n, len(features), time.time() - t0)

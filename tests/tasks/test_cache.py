@@ -127,3 +127,22 @@ def test_cache_files_follow_the_umask(tmp_path, tokenizer):
         os.umask(old)
     entries = list((tmp_path / "c").rglob("*"))
     assert entries and all(stat.S_IMODE(p.stat().st_mode) == (0o755 if p.is_dir() else 0o644) for p in entries)
+
+
+def test_tokenizing_bar_on_rank0_only(tmp_path, tokenizer, monkeypatch, capfd):
+    """Rank 0 shows datasets' tokenizing bar for a large split; the other ranks show none (issue 15)."""
+    import datasets
+
+    from megaprompt.tasks import pipeline
+    _copa(tmp_path)
+    monkeypatch.setattr(pipeline, "BAR_FROM", 0)          # a 4-example split counts as large here
+    task = get_task("copa")
+    try:
+        for rank, bar in (("1", False), ("0", True)):
+            monkeypatch.setenv("RANK", rank)
+            datasets.enable_progress_bars()
+            capfd.readouterr()
+            load_split(task, str(tmp_path), "train", tokenizer, 32, cache_dir=None)
+            assert ("tokenizing copa/train" in capfd.readouterr().err) == bar, rank
+    finally:
+        datasets.enable_progress_bars()
