@@ -7,8 +7,9 @@ random (seeded), or from a seeded word generator when ``../shared/data`` is abse
 sentence's SST-2 label. Backbone all-MiniLM-L6-v2 (``--backbone minilm``), max_seq_len 128. Measured, each in a
 fresh process so nothing is shared between them, with an empty feature cache (``MEGAPROMPT_CACHE``) per size:
 
-- ``encode_s``: first-time ``load_split`` of the train split in one process (read + validate + tokenize + cache
-  write), and ``encode_examples_per_s`` = N / ``encode_s``;
+- ``encode_s``: first-time ``get_task`` + ``load_split`` of the train split in one process (label set, read +
+  validate + tokenize + cache write), with the tokenizer's default threads, and ``encode_examples_per_s`` = N /
+  ``encode_s``;
 - ``cached_first_step_s``: a real 2-rank training run (``deepspeed --num_gpus 2``, ZeRO-3, CPU/gloo) on the cached
   task: seconds from process start to the end of optimizer step 1, as the trainer logs it (rank 0);
 - ``rss_mb_per_rank``: peak RSS of the largest rank process of that run (``RUSAGE_CHILDREN`` of a wrapper that
@@ -86,7 +87,9 @@ def env(cache: Path, port: int) -> dict[str, str]:
 
 
 def encode(d: Path, cache: Path, port: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", ENCODE, str(d)], env=env(cache, port), cwd=ROOT, check=True,
+    e = env(cache, port)
+    del e["TOKENIZERS_PARALLELISM"], e["OMP_NUM_THREADS"]   # encode as a user's process does: Rust threads on
+    out = subprocess.run([sys.executable, "-c", ENCODE, str(d)], env=e, cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
