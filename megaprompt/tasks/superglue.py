@@ -234,7 +234,8 @@ class MultiRC(_SuperGluePair):
                     require(q, ("question", "answers"), w)
                     for a in q["answers"]:
                         require(a, ("text",), w)
-                        out.append({"idx": {"paragraph": r.get("idx", i), "question": q.get("idx"), "answer": a.get("idx")},
+                        idx = {"paragraph": r.get("idx", i), "question": q.get("idx"), "answer": a.get("idx")}
+                        out.append({"idx": idx,
                                     "question_id": f"{r.get('idx', i)}-{q.get('idx')}",
                                     "text": str(p["text"]), "text_pair": f"{q['question']} {a['text']}",
                                     "label": _label(a, self.label_names, w, split)})

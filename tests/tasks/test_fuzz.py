@@ -162,8 +162,9 @@ def test_invalid_utf8_names_the_line(tmp_path):
 
 
 def test_null_and_nan_fields(tmp_path):
+    row = {"premise": None, "hypothesis": "h", "label": "entailment"}
     assert "train.jsonl:1: field(s) ['premise'] are null or NaN" in _err(
-        tmp_path, "rte", "train.jsonl", json.dumps({"premise": None, "hypothesis": "h", "label": "entailment"}).encode())
+        tmp_path, "rte", "train.jsonl", json.dumps(row).encode())
     assert "train.jsonl:1: regression label nan is not a finite number" in _err(
         tmp_path, "generic_reg", "train.jsonl", json.dumps({"text": "t", "label": math.nan}).encode())
     assert "train.tsv:2: regression label 'inf' is not a finite number" in _err(
