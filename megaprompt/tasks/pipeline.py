@@ -261,5 +261,5 @@ def _merged_logs() -> Iterator[None]:
             if r.msg in seen:
                 continue
             seen.add(r.msg)
-            more = f" (first of {counts[r.msg]} batches with this message)" if counts[r.msg] > 1 else ""
+            more = f" (in the first of {counts[r.msg]} batches that logged this)" if counts[r.msg] > 1 else ""
             logging.getLogger(r.name).log(r.levelno, r.getMessage() + more)
