@@ -146,3 +146,18 @@ def test_tokenizing_bar_on_rank0_only(tmp_path, tokenizer, monkeypatch, capfd):
             assert ("tokenizing copa/train" in capfd.readouterr().err) == bar, rank
     finally:
         datasets.enable_progress_bars()
+
+
+def test_batched_map_equals_one_encode_of_the_whole_split(tmp_path, tokenizer):
+    """load_split tokenizes in batches of 1,000 examples; the features (example_index included) equal one encode
+    call over the whole list. 1,600 demo examples and 1,200 tagging sentences span two batches each."""
+    demo = get_task("demo")
+    enc = load_split(demo, None, "train", tokenizer, 32, cache_dir=str(tmp_path / "c"))
+    whole = demo.encode(demo.load(None, "train"), tokenizer, 32).features
+    assert len(enc) == 1600 and list(enc.rows()) == whole
+    lines = [f"w{i} B-X\nx{i % 7} I-X\ny O\n" for i in range(1200)]
+    (tmp_path / "train.txt").write_text("\n".join(lines))
+    tag = get_task("generic_tag", data_dir=str(tmp_path))
+    enc = load_split(tag, str(tmp_path), "train", tokenizer, 16, cache_dir=str(tmp_path / "c"))
+    whole = tag.encode(tag.load(str(tmp_path), "train"), tokenizer, 16).features
+    assert len(enc) == 1200 and list(enc.rows()) == whole and enc.features[1100]["example_index"] == 1100
