@@ -10,7 +10,9 @@ find the cache): the task's reader parses and validates the raw file (one-line `
 examples go into an Arrow table of JSON rows, and tokenization is a batched ``Dataset.map`` over it that calls
 the task's own ``encode`` on 1,000 examples at a time with the fast tokenizer (``example_index`` is shifted to
 the split's numbering, so QA windows, multiple-choice groups, tagging alignments and SRL predicates keep their
-link to the example). Integer columns are stored as int32. The result is saved with ``save_to_disk`` and
+link to the example). The map runs in one process (no ``num_proc``): the fast tokenizer already spreads each
+batch over every core with its Rust threads, and worker processes would only copy batches across. Integer
+columns are stored as int32. The result is saved with ``save_to_disk`` and
 reopened with ``load_from_disk``: every rank, rank 0 included, then reads the same memory-mapped Arrow files
 and holds no Python copy of the split. A rerun with unchanged inputs (``megaprompt.tasks.cache``) reads neither
 the raw file nor runs the tokenizer. Rank 0 shows ``datasets``' tokenizing progress bar (for splits of
