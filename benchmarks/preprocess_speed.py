@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from megaprompt.tasks import get_task  # noqa: E402
-from megaprompt.tasks.encoding import cached_encode  # noqa: E402
+from megaprompt.tasks import load_split  # noqa: E402
 
 CASES = [("conll03", "conll2003", "train", 128), ("squad", "squad_v1.1", "dev", 384)]
 
@@ -46,11 +46,10 @@ def main() -> int:
         times, n_feat = [], 0
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            examples = task.load(str(d), split)
-            enc = cached_encode(task, split, examples, tokenizer, max_len, directory=None)
+            enc = load_split(task, str(d), split, tokenizer, max_len, cache_dir=None)
             times.append(time.perf_counter() - t0)
             n_feat = len(enc)
-        print(f"{name} {split}: {len(examples)} examples -> {n_feat} features (max_seq_len {max_len}); "
+        print(f"{name} {split}: {len(enc.examples)} examples -> {n_feat} features (max_seq_len {max_len}); "
               f"median {statistics.median(times):.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
     return 0
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,12 @@ def check(args: Any) -> Plan:
 def predict(args: Any) -> dict[str, Any]:
     from megaprompt.backbones.load import load_backbone, load_tokenizer
     from megaprompt.engine.data import split_outputs
-    from megaprompt.engine.distributed import init_distributed, is_rank0, setup_logging
+    from megaprompt.engine.distributed import init_distributed, is_rank0, rank0_first, setup_logging
     from megaprompt.export import load_export
     from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
     from megaprompt.model import build_model
     from megaprompt.prompts import PromptConfig
-    from megaprompt.tasks.encoding import cached_encode
+    from megaprompt.tasks import load_split
 
     try:
         plan = check(args)
@@ -116,18 +117,19 @@ def predict(args: Any) -> dict[str, Any]:
                         name=meta["backbone_arg"], head=head)
     load_export(model, args.export)
     model.to(device).eval()
-    try:
-        examples = task.load(args.data_dir, args.split)
-    except ValueError as err:
-        raise UserError(one_line(err)) from None
-    split = cached_encode(task, args.split, examples, tokenizer, plan.max_seq_len)
-    if verbalizer:
-        split = replace(split, features=add_mask_token(split.features, tokenizer, plan.max_seq_len))
+    transform = partial(add_mask_token, tokenizer=tokenizer, max_seq_len=plan.max_seq_len) if verbalizer else None
+
+    def load() -> Any:     # rank 0 builds the split's cache, the other ranks then memory-map it
+        try:
+            return load_split(task, args.data_dir, args.split, tokenizer, plan.max_seq_len, transform=transform)
+        except ValueError as err:
+            raise UserError(one_line(err)) from None
+    split = rank0_first(load)
     outputs = split_outputs(lambda b: model(**b)["logits"], task.head, split, tokenizer.pad_token_id,
                             args.batch_size, rank, world, device)
-    result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(examples),
+    result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(split.examples),
                               "features": len(split)}
-    if task.labelled(examples):
+    if task.labelled(split.examples):
         result["metrics"] = {k: float(v) for k, v in task.evaluate(outputs, split).items()}
     if is_rank0():
         preds = task.predict(outputs, split)

@@ -256,6 +256,15 @@ CASES: list[Case] = [
     T_fresh("data-label-not-in-set", lambda t, e: ["--task", "rte", "--data_dir", rte_dir(
         t, json.dumps({"premise": "p", "hypothesis": "h", "label": "maybe", "idx": 0}) + "\n")],
         "train.jsonl:1: label 'maybe' is not in the task's label set"),
+    T_fresh("data-invalid-utf8", lambda t, e: ["--task", "rte", "--data_dir", rte_dir(
+        t, b'{"premise": "ok", "hypothesis": "h", "label": "entailment"}\n{"premise": "caf\xe9"}\n')],
+        "train.jsonl:2: not UTF-8 text"),
+    T_fresh("data-null-field", lambda t, e: ["--task", "rte", "--data_dir", rte_dir(
+        t, json.dumps({"premise": None, "hypothesis": "h", "label": "entailment"}) + "\n")],
+        "train.jsonl:1: field(s) ['premise'] are null or NaN"),
+    T_fresh("data-wrong-type", lambda t, e: ["--task", "wic", "--data_dir", rte_dir(t, json.dumps(
+        {"word": "w", "sentence1": "a w", "sentence2": "w b", "start1": "x", "end1": 3, "start2": 0, "end2": 1,
+         "label": True}) + "\n")], "train.jsonl:1: malformed record (ValueError"),
     T_fresh("batch-cannot-fill", lambda t, e: ["--batch_size", "4096"], "cannot fill one global batch of 4096"),
     # predict
     Case("predict-no-export", "predict", lambda t, e: ["--export", str(t / "nope")], "prompt.json: missing"),

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,7 @@ from megaprompt.engine.preflight import Preflight, RunError, preflight
 from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
 from megaprompt.model import PromptedModel, build_model
 from megaprompt.rundir import RunDirError, RunDirLock, earlier_outputs, set_aside, write_config
-from megaprompt.tasks import EncodedSplit
-from megaprompt.tasks.encoding import cached_encode
+from megaprompt.tasks import EncodedSplit, load_split
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,22 +139,18 @@ def build(cfg: RunConfig) -> Run:
     tokenizer = load_tokenizer(cfg.backbone)
     limits = {"train": d.max_train_examples, "dev": d.max_eval_examples}
 
-    def load_splits() -> dict[str, EncodedSplit]:
-        splits = {}
-        for split in ("train", "dev"):
-            try:
-                examples = task.load(d.data_dir, split)
-            except (ValueError, OSError) as err:
-                raise RunError(one_line(err)) from None
-            if limits[split]:   # cut examples, not features: QA windows of one question stay together
-                examples = examples[:limits[split]]
-            splits[split] = cached_encode(task, split, examples, tokenizer, d.max_seq_len)
-        return splits
+    # the verbalizer's "<text> [SEP] <pair> [MASK] [SEP]" is a transform of the encoded features (cached apart)
+    transform = partial(add_mask_token, tokenizer=tokenizer, max_seq_len=d.max_seq_len) if verbalizer else None
 
-    splits = rank0_first(load_splits)
+    def load_splits() -> dict[str, EncodedSplit]:
+        try:   # limits cut examples, not features: QA windows of one question stay together
+            return {split: load_split(task, d.data_dir, split, tokenizer, d.max_seq_len, limit=limits[split],
+                                      transform=transform) for split in ("train", "dev")}
+        except (ValueError, OSError) as err:
+            raise RunError(one_line(err)) from None
+
+    splits = rank0_first(load_splits)    # rank 0 builds the Arrow cache; the others then memory-map it
     train, dev = splits["train"], splits["dev"]
-    if verbalizer:   # after the feature cache, which stays head-agnostic: "<text> [SEP] <pair> [MASK] [SEP]"
-        train, dev = (replace(s, features=add_mask_token(s.features, tokenizer, d.max_seq_len)) for s in (train, dev))
     log.info("data: %d train / %d dev features of %s (%.1f s)", len(train), len(dev), task.name, time.time() - t0)
     global_batch = t.batch_size * t.grad_accum * world
     steps_per_epoch = len(train) // global_batch

@@ -6,6 +6,9 @@ a takes its micro-batch from that slice. So the data position is fully described
 resuming at step s replays nothing and skips nothing. G (and so the order) depends on the world size, so
 the engine refuses to resume a checkpoint written by a different number of ranks. The last incomplete
 global batch of an epoch is dropped, which keeps every rank doing the same number of collectives.
+
+Batches come from a ``torch.utils.data.DataLoader`` over the split's Arrow table whose batch sampler
+(``StepBatches``) replays ``TrainStream``'s order, so the loader changes how a batch is fetched, never which.
 """
 from __future__ import annotations
 
@@ -16,29 +19,12 @@ import torch
 import torch.distributed as dist
 
 from megaprompt.engine.distributed import collective_device
-from megaprompt.tasks.base import MODEL_KEYS
+from megaprompt.tasks.pipeline import EncodedSplit
 
 
 def collate(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence in the batch; handles (C, L) multiple-choice features."""
-    keys = [k for k in MODEL_KEYS if k in features[0]]
-    mc = isinstance(features[0]["input_ids"][0], list)
-    seqs = [f["input_ids"] for f in features]
-    longest = max(len(s) for f in seqs for s in f) if mc else max(len(s) for s in seqs)
-    pads = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0, "labels": -100}
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        vals = [f[key] for f in features]
-        if key in pads and (key != "labels" or isinstance(vals[0], list)):
-            pad = pads[key]
-            if mc and key != "labels":
-                arr = [[s + [pad] * (longest - len(s)) for s in v] for v in vals]
-            else:
-                arr = [s + [pad] * (longest - len(s)) for s in vals]
-            out[key] = torch.tensor(arr, dtype=torch.long)
-        else:
-            out[key] = torch.tensor(vals, dtype=torch.float if isinstance(vals[0], float) else torch.long)
-    return out
+    """Pad a list of feature dicts to the longest sequence in the batch; handles (C, L) multiple-choice features."""
+    return EncodedSplit(list(features)).model_inputs(range(len(features)), pad_id)
 
 
 class TrainStream:
@@ -65,6 +51,48 @@ class TrainStream:
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler of this rank's micro-batches for steps ``start_step .. end_step - 1``, in ``TrainStream``
+    order (``accum`` index lists per step): a pure function of (seed, step, world size)."""
+
+    def __init__(self, stream: TrainStream, start_step: int, end_step: int) -> None:
+        self.stream, self.start_step, self.end_step = stream, start_step, end_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.end_step):
+            yield from self.stream.step_indices(step)
+
+    def __len__(self) -> int:
+        return max(0, self.end_step - self.start_step) * self.stream.accum
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style view of a split whose ``__getitems__`` collates a whole micro-batch with one Arrow ``take``."""
+
+    def __init__(self, split: EncodedSplit, pad_id: int) -> None:
+        self.split, self.pad_id = split, pad_id
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return self.split.model_inputs(indices, self.pad_id)
+
+
+def train_loader(split: EncodedSplit, stream: TrainStream, start_step: int, end_step: int, pad_id: int,
+                 device: torch.device) -> torch.utils.data.DataLoader:
+    """Micro-batches (padded tensors) of steps ``start_step..end_step-1`` for this rank. On GPU, two worker
+    processes (the Arrow files are memory-mapped, so workers share the page cache) and pinned memory."""
+    gpu = device.type == "cuda"
+    return torch.utils.data.DataLoader(_Batches(split, pad_id), batch_sampler=StepBatches(stream, start_step, end_step),
+                                       collate_fn=_identity, num_workers=2 if gpu else 0, pin_memory=gpu,
+                                       persistent_workers=False)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
 
 
 def eval_shards(n: int, batch: int, rank: int, world: int) -> Iterator[list[int]]:
@@ -130,11 +158,11 @@ def split_outputs(forward: Callable[[dict[str, torch.Tensor]], torch.Tensor], he
     local: dict[int, np.ndarray] = {}
     with torch.no_grad():
         for idx in eval_shards(len(split), batch_size, rank, world):
-            batch = collate([split.features[i] for i in idx], pad_id)
+            batch, lengths = split.model_inputs(idx, pad_id, lengths=True)
             for key in ("labels", "start_positions", "end_positions"):
                 batch.pop(key, None)
             logits = forward(to_device(batch, device)).float().cpu().numpy()
             for j, i in enumerate(idx):
                 # token-level heads: drop the batch padding so each output matches its feature's length
-                local[i] = logits[j][:len(split.features[i]["input_ids"])] if head in ("tag", "span") else logits[j]
+                local[i] = logits[j][:lengths[j]] if head in ("tag", "span") else logits[j]
     return gather_outputs(local, len(split))

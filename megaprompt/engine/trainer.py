@@ -18,7 +18,7 @@ import torch
 
 from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine.build import Run
-from megaprompt.engine.data import TrainStream, collate, split_outputs, to_device
+from megaprompt.engine.data import TrainStream, split_outputs, to_device, train_loader
 from megaprompt.engine.distributed import all_true, is_rank0, log
 from megaprompt.engine.export import export_trainable
 from megaprompt.engine.preemption import PreemptionHandler
@@ -75,11 +75,12 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
 
     from tqdm import tqdm
     bar = tqdm(total=run.total_steps, initial=step, disable=not is_rank0(), desc="train", dynamic_ncols=True)
+    batches = iter(train_loader(run.train, stream, step, run.total_steps, pad, run.device))
     engine.train()
     while step < run.total_steps:
         step_loss = 0.0
-        for idx in stream.step_indices(step):
-            batch = to_device(collate([run.train.features[i] for i in idx], pad), run.device)
+        for _ in range(t.grad_accum):
+            batch = to_device(next(batches), run.device)
             loss = engine(**batch)["loss"]
             finite = bool(torch.isfinite(loss.detach()).item())
             if not all_true(finite):
@@ -88,7 +89,7 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
             engine.backward(loss)
             engine.step()
             step_loss += loss.item() / t.grad_accum
-            samples += len(idx)
+            samples += int(batch["input_ids"].shape[0])
             tokens += int(batch["attention_mask"].sum())
         step += 1
         losses.append(step_loss)

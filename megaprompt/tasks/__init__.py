@@ -3,8 +3,8 @@
 Engine usage::
 
     task = get_task(name, data_dir=data_dir)          # data_dir only matters for the generic tasks
-    enc = load_split(task, data_dir, "train", tokenizer, max_seq_len)   # load + encode (+ cache)
-    ...                                               # batch enc.features (keys in MODEL_KEYS), run the model
+    enc = load_split(task, data_dir, "train", tokenizer, max_seq_len)   # read + encode (Arrow) + cache
+    batch = enc.model_inputs(indices, pad_id)         # padded tensors of the keys in MODEL_KEYS; run the model
     metrics = task.evaluate(per_feature_logits, enc)  # {"accuracy": 91.2, ...}; primary = task.metric
     preds = task.predict(per_feature_logits, enc)     # per-example predictions for submission files
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from megaprompt.tasks.base import (HEAD_KINDS, MODEL_KEYS, BaseTask, EncodedSplit, Task,  # noqa: F401
                                    canonical_split, closest)
+from megaprompt.tasks.pipeline import load_split  # noqa: F401
 
 # name -> "module:Class"  (imported lazily so one family's import cost is not paid by others)
 _REGISTRY: dict[str, str] = {
@@ -58,11 +59,3 @@ def get_task(name: str, data_dir: str | None = None, **options: Any) -> Task:
     if getattr(task_cls, "needs_data_dir", False):
         return task_cls(data_dir=data_dir, **options)
     return task_cls(**options)
-
-
-def load_split(task: Task, data_dir: str | None, split: str, tokenizer: Any, max_seq_len: int,
-               cache: str | None = "auto") -> EncodedSplit:
-    """Load one split and encode it, through the on-disk feature cache (``cache=None`` disables it)."""
-    from megaprompt.tasks.encoding import cached_encode
-    examples = task.load(data_dir, split)
-    return cached_encode(task, split, examples, tokenizer, max_seq_len, directory=cache)

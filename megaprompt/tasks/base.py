@@ -1,9 +1,11 @@
 """The task protocol: one object per task family bundles loader, preprocessing, head kind and metric.
 
 A task turns files in one task's folder (as officially distributed) into encoded features the engine can
-batch, and turns the model's gathered outputs back into the paper's metric (in percent, lower-case names).
+batch (``megaprompt.tasks.pipeline.load_split`` runs ``encode`` in batches of examples and stores the features as
+Arrow), and turns the model's gathered outputs back into the paper's metric (in percent, lower-case names).
 
-Batch conventions (what ``encode`` must produce per feature, all plain Python lists of ints/floats):
+Batch conventions (what ``encode`` must produce per feature, all plain Python lists of ints/floats; every
+feature carries ``example_index``, its example's position in the list ``encode`` was given):
   - every head: ``input_ids``, ``attention_mask`` and, for encoders that use them, ``token_type_ids``.
   - ``cls``  (pooled classification): ``labels`` int.
   - ``reg``  (pooled regression): ``labels`` float.
@@ -16,25 +18,13 @@ Batch conventions (what ``encode`` must produce per feature, all plain Python li
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "start_positions", "end_positions")
+from megaprompt.tasks.pipeline import MODEL_KEYS, EncodedSplit  # noqa: F401  (re-exported)
+
 HEAD_KINDS = ("cls", "reg", "mc", "tag", "span")
-
-
-@dataclass
-class EncodedSplit:
-    """Features of one split plus whatever the metric needs to map outputs back to examples."""
-
-    features: list[dict[str, Any]]
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.features)
 
 
 class Task(Protocol):
@@ -59,7 +49,10 @@ class Task(Protocol):
 # ----------------------------------------------------------------------------- shared implementation
 import difflib  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 from megaprompt.tasks.io import DataError, find_file  # noqa: E402
 
@@ -89,9 +82,44 @@ def check_label(value: Any, label_names: Sequence[str], where: str) -> str:
 
 
 def require(row: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with {list(keys)}, got {type(row).__name__}")
     missing = [k for k in keys if k not in row]
     if missing:
         raise DataError(f"{where}: missing field(s) {missing}")
+    null = [k for k in keys if row[k] is None or (isinstance(row[k], float) and not math.isfinite(row[k]))]
+    if null:
+        raise DataError(f"{where}: field(s) {null} are null or NaN")
+
+
+@contextmanager
+def at(where: str) -> Iterator[None]:
+    """Parse one record: a field of the wrong type or shape (a TypeError, KeyError, ... in the parsing code) becomes
+    a one-line ``DataError`` naming ``where``, the file:line or record at fault."""
+    try:
+        yield
+    except DataError:
+        raise
+    except KeyError as e:
+        raise DataError(f"{where}: missing field {e.args[0]!r}") from None
+    except (TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:
+        raise DataError(f"{where}: malformed record ({type(e).__name__}: {one_line_of(e)})") from None
+
+
+def one_line_of(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def finite_number(raw: Any, where: str) -> float:
+    """A regression label: a finite float, else a one-line error naming ``where``."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: regression label {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: regression label {raw!r} is not a finite number")
+    return value
 
 
 class BaseTask:
@@ -118,7 +146,8 @@ class BaseTask:
         if data_dir is None:
             return self.load_hf(split)
         path = find_file(data_dir, self.splits[split], f"task {self.name!r} split {split!r}")
-        examples = self.read(path, split)
+        with at(str(path)):    # a safety net; readers name the line themselves
+            examples = self.read(path, split)
         if not examples:
             raise DataError(f"{path}: no examples")
         logger.info("%s/%s: %d examples from %s", self.name, split, len(examples), path)
@@ -127,6 +156,14 @@ class BaseTask:
     def require_files(self, data_dir: str, split: str) -> None:
         """Raise a one-line ``DataError`` when ``split``'s file is missing (a cheap check: nothing is read)."""
         self.split_path(data_dir, split)
+
+    def source_files(self, data_dir: str | None, split: str) -> list[Path]:
+        """Every file ``load(data_dir, split)`` reads (the feature cache hashes their bytes); [] for the hub."""
+        return [] if data_dir is None else [self.split_path(data_dir, split)]
+
+    def prepare(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Split-level normalisation before ``encode`` runs on batches of examples (default: none)."""
+        return examples
 
     def split_path(self, data_dir: str, split: str) -> Path:
         split = canonical_split(split, self.splits, self.name)

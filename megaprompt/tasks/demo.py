@@ -175,5 +175,8 @@ class DemoTask(SentenceTask):
             self._data = generate(self.seed)
         return [dict(e) for e in self._data[split]]
 
+    def source_files(self, data_dir: str | None, split: str) -> list:
+        return []   # generated: the seed (cache_options) and the code version key the cache
+
     def cache_options(self) -> dict[str, Any]:
         return {"seed": self.seed}

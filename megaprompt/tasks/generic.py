@@ -11,10 +11,13 @@ aliases.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from megaprompt.tasks.base import check_label
+from megaprompt.tasks.base import at, check_label, finite_number, require
+from megaprompt.files import read_text
+from megaprompt.tasks.cache import memo_json
 from megaprompt.tasks.io import DataError, read_jsonl, read_table
 from megaprompt.tasks.ner import read_conll_tagged
 from megaprompt.tasks.sentence import SentenceTask
@@ -37,7 +40,11 @@ def _labels_txt(data_dir: str | None) -> list[str] | None:
     p = Path(data_dir) / "labels.txt"
     if not p.is_file():
         return None
-    names = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        text = read_text(p)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    names = [x.strip() for x in text.splitlines() if x.strip()]
     if not names:
         raise DataError(f"{p}: file is empty")
     return names
@@ -63,13 +70,20 @@ class _GenericText(SentenceTask):
 
     def _labels_from_train(self, data_dir: str) -> list[str]:
         path = self.split_path(data_dir, "train")
+        return memo_json("generic-labels", [path], lambda: self._read_labels(path))
+
+    @staticmethod
+    def _read_labels(path: Path) -> list[str]:
         rows = read_text_rows(path)
         values = set()
         for r in rows:
             if "label" not in r:
                 raise DataError(f"{path}:{r.get('_line')}: missing column 'label'")
-            values.add(str(r["label"]).strip())
-        if all(v.lstrip("-").isdigit() for v in values):
+            raw = r["label"]
+            if raw is None or (isinstance(raw, float) and not math.isfinite(raw)) or not str(raw).strip():
+                raise DataError(f"{path}:{r.get('_line')}: label {raw!r} is empty, null or NaN")
+            values.add(str(raw).strip())
+        if all(v.lstrip("-").isascii() and v.lstrip("-").isdigit() for v in values):
             return sorted(values, key=int)
         return sorted(values)
 
@@ -80,24 +94,23 @@ class _GenericText(SentenceTask):
         out = []
         for i, r in enumerate(rows):
             w = f"{where}:{r.get('_line', i + 1)}"
-            tk = next((k for k in TEXT_KEYS if k in r), None)
-            if tk is None:
-                raise DataError(f"{w}: missing column 'text' (have {sorted(k for k in r if k != '_line')})")
-            pk = next((k for k in PAIR_KEYS if k in r), None)
-            raw = r.get("label")
-            if raw is None or raw == "":
-                if split != "test":
-                    raise DataError(f"{w}: missing column 'label' in a {split} example")
-                label = None
-            elif self.head == "reg":
-                try:
-                    label = float(raw)
-                except (TypeError, ValueError):
-                    raise DataError(f"{w}: regression label {raw!r} is not a number") from None
-            else:
-                label = check_label(raw, self.label_names, w)
-            out.append({"idx": r.get("idx", r.get("id", i)), "text": str(r[tk]),
-                        "text_pair": str(r[pk]) if pk and r[pk] is not None else None, "label": label})
+            with at(w):
+                tk = next((k for k in TEXT_KEYS if k in r), None)
+                if tk is None:
+                    raise DataError(f"{w}: missing column 'text' (have {sorted(k for k in r if k != '_line')})")
+                pk = next((k for k in PAIR_KEYS if k in r), None)
+                raw = r.get("label")
+                if raw is None or raw == "":
+                    if split != "test":
+                        raise DataError(f"{w}: missing column 'label' in a {split} example")
+                    label = None
+                elif self.head == "reg":
+                    label = finite_number(raw, w)
+                else:
+                    label = check_label(raw, self.label_names, w)
+                require(r, [tk], w)
+                out.append({"idx": r.get("idx", r.get("id", i)), "text": str(r[tk]),
+                            "text_pair": str(r[pk]) if pk and r[pk] is not None else None, "label": label})
         return out
 
 
@@ -124,8 +137,9 @@ class GenericTagging(TaggingTask):
     def __init__(self, data_dir: str | None = None, label_names: list[str] | None = None) -> None:
         self.label_names = list(label_names) if label_names else (_labels_txt(data_dir) or [])
         if not self.label_names and data_dir is not None:
-            train = self.read(self.split_path(data_dir, "train"), "train", check=False)
-            self.label_names = labels_from_tags([t for e in train for t in e["tags"]])
+            path = self.split_path(data_dir, "train")
+            self.label_names = memo_json("generic_tag-labels", [path], lambda: labels_from_tags(
+                [t for e in self.read(path, "train", check=False) for t in e["tags"]]))
 
     def read(self, path: Path, split: str, check: bool = True) -> list[dict[str, Any]]:
         out = read_conll_tagged(path, tag_col=-1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from megaprompt.tasks.base import check_label
+from megaprompt.tasks.base import at, check_label, finite_number, require
 from megaprompt.tasks.io import DataError, read_table
 from megaprompt.tasks.sentence import SentenceTask
 
@@ -45,20 +45,19 @@ class _Glue(SentenceTask):
         is_test = split.startswith("test")
         for i, r in enumerate(rows):
             w = f"{where}:{r.get('_line', i + 1)}"
-            label: Any = None
-            raw = r.get(lab)
-            if raw is None or raw == "" or raw == -1:
-                if not is_test:
-                    raise DataError(f"{w}: missing label column {lab!r} in a {split} example")
-            elif self.head == "reg":
-                try:
-                    label = float(raw)
-                except ValueError:
-                    raise DataError(f"{w}: regression label {raw!r} is not a number") from None
-            else:
-                label = check_label(raw, self.label_names, w)
-            out.append({"idx": r.get(self.id_col, i), "text": r[text], "text_pair": r[pair] if pair else None,
-                         "label": label})
+            with at(w):
+                label: Any = None
+                raw = r.get(lab)
+                if raw is None or raw == "" or raw == -1:
+                    if not is_test:
+                        raise DataError(f"{w}: missing label column {lab!r} in a {split} example")
+                elif self.head == "reg":
+                    label = finite_number(raw, w)
+                else:
+                    label = check_label(raw, self.label_names, w)
+                require(r, [c for c in (text, pair) if c], w)
+                out.append({"idx": r.get(self.id_col, i), "text": str(r[text]),
+                            "text_pair": str(r[pair]) if pair else None, "label": label})
         return out
 
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

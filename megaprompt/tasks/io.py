@@ -2,18 +2,18 @@
 
 Formats follow the official distributions: SuperGLUE jsonl, GLUE TSV (``csv.QUOTE_NONE`` like the GLUE
 baseline's ``_read_tsv``), CoNLL-style whitespace-separated column files with blank lines between sentences.
+Every reader takes UTF-8 with or without a byte-order mark, and names the first line that is not UTF-8; lines
+end at a line feed. ``tests/tasks/test_fuzz.py`` feeds them arbitrary bytes and JSON.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any, Iterator
 
 from megaprompt.errors import UserError
-from megaprompt.files import read_text
 
 logger = logging.getLogger(__name__)
 
@@ -31,23 +31,16 @@ def _check_nonempty(path: Path) -> None:
         raise DataError(f"{path}: file is empty")
 
 
-def open_text(path: Path) -> io.StringIO:
-    """The file as text lines (split at \\n only, like iterating the file): UTF-8, a leading BOM dropped (Excel
-    and Notepad write one); bytes that are not UTF-8 give one line naming ``file:line``."""
-    try:
-        text = read_text(path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    return io.StringIO(text.removeprefix("\ufeff"), newline="")
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value (write null or a number)")
-
-
-def _json_loads(text: str) -> Any:
-    """Strict JSON: Python's json accepts NaN/Infinity, which no other JSON reader does and no label can hold."""
-    return json.loads(text, parse_constant=_no_constants)
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line with its newline) of a UTF-8 file; a BOM is dropped, bad bytes name the line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at "
+                                f"column {e.start + 1})") from None
+            yield lineno, line
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -55,20 +48,19 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     _check_nonempty(path)
     rows: list[dict[str, Any]] = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = _json_loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: {e}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            row["_line"] = lineno
-            rows.append(row)
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        row["_line"] = lineno
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: file has no records")
     return rows
@@ -78,13 +70,18 @@ def read_json(path: str | Path) -> Any:
     """A whole JSON document."""
     path = Path(path)
     _check_nonempty(path)
-    text = open_text(path).getvalue()
+    data = path.read_bytes()
     try:
-        return _json_loads(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    except (ValueError, RecursionError) as e:
-        raise DataError(f"{path}: {e if isinstance(e, ValueError) else 'JSON nested too deeply'}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
 
 
 def read_table(path: str | Path, delimiter: str | None = None, header: bool = True,
@@ -101,29 +98,39 @@ def read_table(path: str | Path, delimiter: str | None = None, header: bool = Tr
     if quoting is None:
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     rows: list[dict[str, Any]] = []
-    with open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        names: list[str] | None = None
-        for record in reader:
-            lineno = reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
+    reader = csv.reader((line for _, line in text_lines(path)), delimiter=delimiter, quoting=quoting)
+    names: list[str] | None = None
+    for record in _records(reader, path):
+        lineno = reader.line_num
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue
+        if names is None:
+            if header:
+                names = [c.strip() for c in record]
+                missing = [c for c in required if c not in names]
+                if missing:
+                    raise DataError(f"{path}:{lineno}: missing column(s) {missing}; header has {names}")
                 continue
-            if names is None:
-                if header:
-                    names = [c.strip() for c in record]
-                    missing = [c for c in required if c not in names]
-                    if missing:
-                        raise DataError(f"{path}:{lineno}: missing column(s) {missing}; header has {names}")
-                    continue
-                names = [str(i) for i in range(len(record))]
-            if len(record) != len(names):
-                raise DataError(f"{path}:{lineno}: expected {len(names)} fields, found {len(record)}")
-            row: dict[str, Any] = dict(zip(names, record))
-            row["_line"] = lineno
-            rows.append(row)
+            names = [str(i) for i in range(len(record))]
+        if len(record) != len(names):
+            raise DataError(f"{path}:{lineno}: expected {len(names)} fields, found {len(record)}")
+        row: dict[str, Any] = dict(zip(names, record))
+        row["_line"] = lineno
+        rows.append(row)
     if names is None:
         raise DataError(f"{path}: file is empty")
     return rows
+
+
+def _records(reader: Any, path: Path) -> Iterator[list[str]]:
+    """``csv.reader`` rows; its own errors (a NUL byte, an unclosed quote) name the line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV/TSV line ({e})") from None
 
 
 def read_columns(path: str | Path, min_cols: int = 2, sep: str | None = None,
@@ -140,30 +147,29 @@ def read_columns(path: str | Path, min_cols: int = 2, sep: str | None = None,
     width: int | None = None
     sentence: list[list[str]] = []
     start = 0
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            stripped = line.strip()
-            if not stripped:
-                if sentence:
-                    yield start, sentence
-                    sentence = []
-                    if same_width == "sentence":
-                        width = None
-                continue
-            if comment_prefixes and stripped.startswith(comment_prefixes) and not sentence:
-                continue
-            cols = stripped.split(sep)
-            if skip_docstart and cols[0] == "-DOCSTART-":
-                continue
-            if len(cols) < min_cols:
-                raise DataError(f"{path}:{lineno}: expected at least {min_cols} columns, found {len(cols)}")
-            if width is None:
-                width = len(cols)
-            elif len(cols) != width:
-                raise DataError(f"{path}:{lineno}: expected {width} columns like the lines before, found {len(cols)}")
-            if not sentence:
-                start = lineno
-            sentence.append(cols)
+    for lineno, line in text_lines(path):
+        stripped = line.strip()
+        if not stripped:
+            if sentence:
+                yield start, sentence
+                sentence = []
+                if same_width == "sentence":
+                    width = None
+            continue
+        if comment_prefixes and stripped.startswith(comment_prefixes) and not sentence:
+            continue
+        cols = stripped.split(sep)
+        if skip_docstart and cols[0] == "-DOCSTART-":
+            continue
+        if len(cols) < min_cols:
+            raise DataError(f"{path}:{lineno}: expected at least {min_cols} columns, found {len(cols)}")
+        if width is None:
+            width = len(cols)
+        elif len(cols) != width:
+            raise DataError(f"{path}:{lineno}: expected {width} columns like the lines before, found {len(cols)}")
+        if not sentence:
+            start = lineno
+        sentence.append(cols)
     if sentence:
         yield start, sentence
     elif start == 0:

@@ -1,9 +1,18 @@
-"""Metrics, written here (no ``evaluate.load``) and checked in tests against independent references.
+"""Metrics: scikit-learn, SciPy and seqeval where the field maintains them; the official scripts' logic where not.
 
-- Classification: accuracy, binary F1, macro F1 (scikit-learn semantics: labels = union of gold and
-  predicted), Matthews correlation (GLUE CoLA), Pearson / Spearman (GLUE STS-B).
-- Span F1 for NER / SRL: chunks extracted like conlleval / seqeval's default mode (IOB1, IOB2, IOE, BILOU
-  prefixes), micro-averaged exact-span F1 (Tjong Kim Sang & De Meulder 2003; seqeval ``f1_score``).
+- Classification (``sklearn.metrics``): ``accuracy_score``, ``f1_score`` (binary with positive label 1;
+  macro over the union of gold and predicted labels), ``matthews_corrcoef`` (GLUE CoLA).
+- Regression (``scipy.stats``): ``pearsonr`` / ``spearmanr`` (GLUE STS-B; ties get average ranks).
+  Degenerate inputs (a constant column, fewer than two items) score 0, not NaN, so model selection works.
+- Span F1 for NER / SRL (``seqeval.metrics``, micro-averaged exact-span P/R/F1; Tjong Kim Sang & De Meulder
+  2003). We use seqeval's *default* mode, which reproduces ``conlleval``: an ``I-X`` that follows ``O`` or
+  another type opens a new chunk, so IOB1 input and the ill-formed sequences a model predicts are chunked the
+  way the CoNLL shared tasks scored them. ``mode="strict", scheme=IOB2`` would instead drop every chunk that
+  does not start with ``B-``, which scores a prediction ``O I-PER I-PER`` as no entity at all; the published
+  P-Tuning v2 NER / SRL numbers (and Hugging Face's token-classification examples) use the default mode.
+  BILOU tags are mapped to seqeval's IOBES (L- -> E-, U- -> S-). Span types in ``ignore_types`` (the SRL
+  predicate ``V``, left out by ``srl-eval.pl``) become ``O`` before scoring, which changes no other chunk:
+  conlleval already ends a chunk at every type change.
 - SQuAD EM / F1 with the official v1.1/v2.0 evaluation script's answer normalisation (lower case, strip
   punctuation, drop articles a/an/the, collapse white space), max over gold answers (Rajpurkar et al. 2016).
 - SuperGLUE MultiRC (F1a over all answer options, EM per question) and ReCoRD (max-over-gold token EM/F1)
@@ -13,140 +22,95 @@ All return fractions in [0, 1]; tasks multiply by 100.
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
+import warnings
 from typing import Hashable, Iterable, Sequence
 
 import numpy as np
+from scipy import stats
+from seqeval import metrics as seqeval
+from sklearn import metrics as skm
 
 
 # ----------------------------------------------------------------------------- classification / regression
 def accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
     if len(y_true) != len(y_pred):
         raise ValueError(f"accuracy: {len(y_true)} gold vs {len(y_pred)} predictions")
-    if not y_true:
-        return 0.0
-    return float(sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true))
-
-
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return p, r, f
+    return float(skm.accuracy_score(list(y_true), list(y_pred))) if len(y_true) else 0.0
 
 
 def f1_binary(y_true: Sequence[Hashable], y_pred: Sequence[Hashable], positive: Hashable = 1) -> float:
-    tp = sum(t == positive and p == positive for t, p in zip(y_true, y_pred))
-    fp = sum(t != positive and p == positive for t, p in zip(y_true, y_pred))
-    fn = sum(t == positive and p != positive for t, p in zip(y_true, y_pred))
-    return _prf(tp, fp, fn)[2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(skm.f1_score(list(y_true), list(y_pred), labels=[positive], average="micro", zero_division=0))
 
 
 def macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
-    labels = sorted(set(y_true) | set(y_pred), key=repr)
-    if not labels:
+    if not len(y_true):
         return 0.0
-    return float(np.mean([f1_binary(y_true, y_pred, positive=c) for c in labels]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(skm.f1_score(list(y_true), list(y_pred), average="macro", zero_division=0))
 
 
 def mcc(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
-    """Matthews correlation coefficient (multi-class form of Gorodkin 2004, as scikit-learn)."""
-    labels = sorted(set(y_true) | set(y_pred), key=repr)
-    index = {c: i for i, c in enumerate(labels)}
-    cm = np.zeros((len(labels), len(labels)), dtype=np.float64)
-    for t, p in zip(y_true, y_pred):
-        cm[index[t], index[p]] += 1
-    t_sum, p_sum = cm.sum(axis=1), cm.sum(axis=0)
-    n, correct = cm.sum(), np.trace(cm)
-    cov_ytyp = correct * n - np.dot(t_sum, p_sum)
-    cov_ypyp = n * n - np.dot(p_sum, p_sum)
-    cov_ytyt = n * n - np.dot(t_sum, t_sum)
-    if cov_ypyp * cov_ytyt == 0:
+    """Matthews correlation coefficient (multi-class form of Gorodkin 2004); 0 when undefined."""
+    if not len(y_true):
         return 0.0
-    return float(cov_ytyp / np.sqrt(cov_ytyt * cov_ypyp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(skm.matthews_corrcoef(list(y_true), list(y_pred)))
+
+
+def _correlation(fn, x: Sequence[float], y: Sequence[float]) -> float:
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    r = float(fn(a, b)[0])
+    return r if math.isfinite(r) else 0.0
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denom) if denom else 0.0
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    """Average ranks for ties (scipy.stats.rankdata 'average')."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    return ranks
+    return _correlation(stats.pearsonr, x, y)
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    return pearson(_rank(np.asarray(x, dtype=np.float64)), _rank(np.asarray(y, dtype=np.float64)))
+    return _correlation(stats.spearmanr, x, y)
 
 
 # ----------------------------------------------------------------------------- span F1 (NER / SRL)
-def _split_tag(tag: str) -> tuple[str, str]:
-    if tag in ("O", ""):
-        return "O", ""
-    if len(tag) > 1 and tag[1] in "-_" and tag[0] in "BIESLU":
-        prefix, typ = tag[0], tag[2:]
-        return {"L": "E", "U": "S"}.get(prefix, prefix), typ or "_"
-    return tag[0], (tag[1:].split("-", 1)[-1] or "_")
-
-
-def _end_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
-    if prev_tag in ("E", "S"):
-        return True
-    if prev_tag in ("B", "I") and tag in ("B", "S", "O"):
-        return True
-    return prev_tag not in ("O", ".") and prev_type != type_
-
-
-def _start_of_chunk(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
-    if tag in ("B", "S"):
-        return True
-    if prev_tag in ("E", "S", "O") and tag in ("E", "I"):
-        return True
-    return tag not in ("O", ".") and prev_type != type_
+def _for_seqeval(tags: Sequence[str], ignore_types: tuple[str, ...]) -> list[str]:
+    out = []
+    for t in tags:
+        t = {"L": "E", "U": "S"}.get(t[:1], t[:1]) + t[1:] if len(t) > 2 and t[1] in "-_" else t
+        if ignore_types and len(t) > 2 and t[1] in "-_" and t[2:] in ignore_types:
+            t = "O"
+        out.append(t)
+    return out
 
 
 def get_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(type, start, end inclusive) chunks of one tag sequence, conlleval-style (works for IOB1/IOB2/BILOU)."""
-    spans: list[tuple[str, int, int]] = []
-    prev_tag, prev_type, begin = "O", "", 0
-    for i, raw in enumerate(list(tags) + ["O"]):
-        tag, type_ = _split_tag(raw)
-        if _end_of_chunk(prev_tag, tag, prev_type, type_):
-            spans.append((prev_type, begin, i - 1))
-        if _start_of_chunk(prev_tag, tag, prev_type, type_):
-            begin = i
-        prev_tag, prev_type = tag, type_
-    return spans
+    """(type, start, end inclusive) chunks of one tag sequence, as seqeval's default (conlleval) mode finds them."""
+    return [(t, s, e) for t, s, e in seqeval.sequence_labeling.get_entities(_for_seqeval(tags, ()))]
 
 
 def span_prf(gold: Iterable[Sequence[str]], pred: Iterable[Sequence[str]],
              ignore_types: tuple[str, ...] = ()) -> dict[str, float]:
     """Micro precision / recall / F1 over exact (type, start, end) spans, summed over sentences."""
-    tp = n_gold = n_pred = 0
+    g_all, p_all = [], []
     for g, p in zip(gold, pred, strict=True):
         if len(g) != len(p):
             raise ValueError(f"span_prf: gold has {len(g)} tags but prediction has {len(p)}")
-        gs = {s for s in get_spans(g) if s[0] not in ignore_types}
-        ps = {s for s in get_spans(p) if s[0] not in ignore_types}
-        tp += len(gs & ps)
-        n_gold += len(gs)
-        n_pred += len(ps)
-    p_, r_, f_ = _prf(tp, n_pred - tp, n_gold - tp)
-    return {"precision": p_, "recall": r_, "f1": f_}
+        g_all.append(_for_seqeval(g, ignore_types))
+        p_all.append(_for_seqeval(p, ignore_types))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = dict(zero_division=0)
+        return {"precision": float(seqeval.precision_score(g_all, p_all, **kw)),
+                "recall": float(seqeval.recall_score(g_all, p_all, **kw)),
+                "f1": float(seqeval.f1_score(g_all, p_all, **kw))}
 
 
 def iob1_to_iob2(tags: Sequence[str]) -> list[str]:

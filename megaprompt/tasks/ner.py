@@ -156,6 +156,9 @@ class OntoNotes(TaggingTask):
     def require_files(self, data_dir: str, split: str) -> None:
         conll2012_files(data_dir, canonical_split(split, self.splits, self.name))
 
+    def source_files(self, data_dir: str | None, split: str) -> list[Path]:
+        return [] if data_dir is None else conll2012_files(data_dir, canonical_split(split, self.splits, self.name))
+
     def read(self, path: Path, split: str) -> list[dict[str, Any]]:
         out = []
         for line, rows in read_conll2012_sentences(path):

@@ -18,55 +18,61 @@ from typing import Any, Sequence
 import numpy as np
 
 from megaprompt.tasks import metrics as M
-from megaprompt.tasks.base import BaseTask, EncodedSplit
+from megaprompt.tasks.base import BaseTask, EncodedSplit, at
 from megaprompt.tasks.encoding import require_fast
 from megaprompt.tasks.io import DataError, read_json
 
 logger = logging.getLogger(__name__)
 
 
-def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
-    """``obj[key]`` checked against the SQuAD schema; one line naming the place otherwise."""
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if key not in obj or obj[key] is None:
-        if default is not ...:
-            return default
-        raise DataError(f"{where}: missing {key!r}")
-    value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise DataError(f"{where}: {key!r} must be {names}, got {type(value).__name__}")
-    return value
-
-
 def parse_squad(data: Any, where: str, version_2: bool) -> list[dict[str, Any]]:
-    """The official SQuAD JSON (v1.1 / v2.0) -> one example per question; every field's type is checked."""
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataError(f"{where}: expected SQuAD JSON with a top-level 'data' list")
     out = []
     for a, article in enumerate(data["data"]):
-        for p, para in enumerate(_field(article, "paragraphs", list, f"{where}: data[{a}]", [])):
+        with at(f"{where}: data[{a}]"):
+            paragraphs = article.get("paragraphs", [])
+            _check_type(paragraphs, list, f"{where}: data[{a}].paragraphs")
+        for p, para in enumerate(paragraphs):
             w = f"{where}: data[{a}].paragraphs[{p}]"
-            context = _field(para, "context", str, w)
-            for q, qa in enumerate(_field(para, "qas", list, w)):
-                wq = f"{w}.qas[{q}]"
-                qid, question = _field(qa, "id", (str, int), wq), _field(qa, "question", str, wq)
-                impossible = _field(qa, "is_impossible", bool, wq, False)
-                answers = []
-                for i, ans in enumerate(_field(qa, "answers", list, wq, [])):
-                    text = _field(ans, "text", str, f"{wq}.answers[{i}]")
-                    start = _field(ans, "answer_start", int, f"{wq}.answers[{i}]")
-                    if start < 0 or context[start:start + len(text)] != text:
-                        raise DataError(f"{w}: question {qid}: answer {text!r} is not at "
-                                        f"character {start} of the context")
-                    answers.append({"text": text, "answer_start": start})
-                if impossible and not version_2:
-                    raise DataError(f"{w}: question {qid} is unanswerable; use task squad_v2")
-                out.append({"idx": qid, "id": qid, "title": str(article.get("title") or ""),
-                            "question": question, "context": context, "answers": answers,
-                            "is_impossible": impossible,
-                            "label": True if (answers or impossible) else None})
+            with at(w):
+                out.extend(_parse_paragraph(para, article.get("title", ""), w, version_2))
+    return out
+
+
+def _check_type(value: Any, kind: type, w: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{w}: expected {kind.__name__}, got {type(value).__name__}")
+
+
+def _parse_paragraph(para: Any, title: Any, w: str, version_2: bool) -> list[dict[str, Any]]:
+    """The questions of one SQuAD paragraph; answers must sit at their ``answer_start`` in the context."""
+    out = []
+    if not isinstance(para, dict) or "context" not in para or "qas" not in para:
+        raise DataError(f"{w}: missing 'context' or 'qas'")
+    context = para["context"]
+    _check_type(context, str, f"{w}.context")
+    _check_type(para["qas"], list, f"{w}.qas")
+    for qa in para["qas"]:
+        if not isinstance(qa, dict) or "id" not in qa or "question" not in qa:
+            raise DataError(f"{w}: a question lacks 'id' or 'question'")
+        _check_type(qa["question"], str, f"{w}: question {qa['id']!r}")
+        answers = qa.get("answers", [])
+        _check_type(answers, list, f"{w}: question {qa['id']!r} answers")
+        impossible = bool(qa.get("is_impossible", False))
+        for ans in answers:
+            _check_type(ans.get("text") if isinstance(ans, dict) else ans, str, f"{w}: an answer's text")
+            s = int(ans["answer_start"])
+            if s < 0 or context[s:s + len(ans["text"])] != ans["text"]:
+                raise DataError(f"{w}: question {qa['id']}: answer {ans['text']!r} is not at "
+                                f"character {s} of the context")
+        if impossible and not version_2:
+            raise DataError(f"{w}: question {qa['id']} is unanswerable; use task squad_v2")
+        out.append({"idx": qa["id"], "id": str(qa["id"]), "title": str(title),
+                    "question": qa["question"], "context": context,
+                    "answers": [{"text": x["text"], "answer_start": int(x["answer_start"])} for x in answers],
+                    "is_impossible": impossible,
+                    "label": True if (answers or impossible) else None})
     return out
 
 
@@ -191,7 +197,7 @@ class SQuAD(BaseTask):
         n = len(split.examples)
         best: list[tuple[float, str]] = [(-np.inf, "")] * n
         null: list[float] = [np.inf] * n
-        for f, out in zip(split.features, outputs):
+        for f, out in zip(split.rows(["input_ids", "example_index", "offset_mapping"]), outputs):
             logits = np.asarray(out, dtype=np.float64)
             L = len(f["input_ids"])
             start, end = logits[:L, 0], logits[:L, 1]

@@ -33,6 +33,15 @@ class SentenceTask(BaseTask):
     def metric(self) -> str:  # type: ignore[override]
         return self.metrics[0]
 
+    def prepare(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A split with any text_pair encodes every example as a pair ("" for a missing one), whichever batch
+        of the tokenizing map it lands in."""
+        if any(e.get("text_pair") is not None for e in examples):
+            for e in examples:
+                if e.get("text_pair") is None:
+                    e["text_pair"] = ""
+        return examples
+
     def encode(self, examples: list[dict[str, Any]], tokenizer: Any, max_seq_len: int) -> EncodedSplit:
         texts = [e["text"] for e in examples]
         has_pair = any(e.get("text_pair") is not None for e in examples)

@@ -21,7 +21,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from megaprompt.tasks.io import DataError, open_text, read_columns, read_jsonl
+from megaprompt.files import read_text
+from megaprompt.tasks.base import at
+from megaprompt.tasks.cache import memo_json
+from megaprompt.tasks.io import DataError, read_columns, read_jsonl, text_lines
 from megaprompt.tasks.ner import brackets_to_bio
 from megaprompt.tasks.tagging import TaggingTask, check_tags, labels_from_tags
 
@@ -31,28 +34,35 @@ logger = logging.getLogger(__name__)
 def read_deep_srl(path: Path) -> list[dict[str, Any]]:
     """``<pred index> tokens ||| tags`` lines."""
     out = []
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            w = f"{path}:{lineno}"
-            if "|||" not in line:
-                raise DataError(f"{w}: expected '<predicate index> tokens ||| tags'")
-            left, right = line.split("|||", 1)
-            parts, tags = left.split(), right.split()
-            if not parts or not parts[0].lstrip("-").isdigit():
-                raise DataError(f"{w}: line must start with the predicate's word index")
-            out.append(_example(parts[1:], tags, int(parts[0]), w))
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        w = f"{path}:{lineno}"
+        if "|||" not in line:
+            raise DataError(f"{w}: expected '<predicate index> tokens ||| tags'")
+        left, right = line.split("|||", 1)
+        parts, tags = left.split(), right.split()
+        if not parts or not parts[0].isascii() or not parts[0].lstrip("-").isdigit():
+            raise DataError(f"{w}: line must start with the predicate's word index")
+        out.append(_example(parts[1:], tags, int(parts[0]), w))
     if not out:
         raise DataError(f"{path}: file is empty")
     return out
 
 
-def _example(tokens: list[str], tags: list[str] | None, pred: int, w: str) -> dict[str, Any]:
+def _example(tokens: list[str], tags: list[str] | None, pred: Any, w: str) -> dict[str, Any]:
     check_tags(tokens, tags, w)
+    if not isinstance(pred, int) or isinstance(pred, bool):
+        raise DataError(f"{w}: predicate index {pred!r} is not an integer")
     if not 0 <= pred < len(tokens):
         raise DataError(f"{w}: predicate index {pred} outside the sentence's {len(tokens)} words")
     return {"tokens": tokens, "tags": tags, "predicate_index": pred, "_where": w}
+
+
+def _tags(e: dict[str, Any]) -> list[str]:
+    if e["tags"] is None:
+        raise DataError(f"{e['_where']}: a training example needs 'tags'")
+    return e["tags"]
 
 
 def read_srl_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -62,7 +72,9 @@ def read_srl_jsonl(path: Path) -> list[dict[str, Any]]:
         pred = r.get("predicate_index", r.get("index"))
         if "tokens" not in r or pred is None:
             raise DataError(f"{w}: missing field(s): need 'tokens', 'predicate_index' (and 'tags')")
-        out.append(_example(list(r["tokens"]), r.get("tags"), int(pred), w))
+        with at(w):
+            pred = int(pred) if isinstance(pred, str) else pred
+            out.append(_example(r["tokens"], r.get("tags"), pred, w))
     return out
 
 
@@ -98,14 +110,18 @@ class _SRL(TaggingTask):
     def read_labels(self, data_dir: str) -> list[str]:
         lf = Path(data_dir) / "labels.txt"
         if lf.is_file():
-            return [x.strip() for x in lf.read_text(encoding="utf-8").splitlines() if x.strip()]
+            try:
+                return [x.strip() for x in read_text(lf).splitlines() if x.strip()]
+            except ValueError as err:
+                raise DataError(str(err)) from None
         try:
             self.split_path(data_dir, "train")
         except DataError as e:   # e.g. a test-only folder: labels must then come from label_names / labels.txt
             logger.warning("%s: no label set yet (%s)", self.name, e)
             return []
-        train = self.load(data_dir, "train")
-        return labels_from_tags([t for e in train for t in e["tags"]])
+        path = self.split_path(data_dir, "train")
+        return memo_json(f"{self.name}-labels", [path], lambda: labels_from_tags(
+            [t for e in self.load(data_dir, "train") for t in _tags(e)]))
 
     def read(self, path: Path, split: str) -> list[dict[str, Any]]:
         name = path.name

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from megaprompt.tasks import metrics as M
-from megaprompt.tasks.base import BaseTask, EncodedSplit, check_label, require, stack_outputs
+from megaprompt.tasks.base import BaseTask, EncodedSplit, at, check_label, require, stack_outputs
 from megaprompt.tasks.encoding import encode_texts
 from megaprompt.tasks.io import DataError, read_jsonl, read_table
 from megaprompt.tasks.sentence import SentenceTask
@@ -73,9 +73,10 @@ class _SuperGluePair(SentenceTask):
         out = []
         for i, r in enumerate(rows):
             w = _where(where, r, i)
-            text, pair = self.make(r, w)
-            out.append({"idx": r.get("idx", i), "text": text, "text_pair": pair,
-                        "label": _label(r, self.label_names, w, split)})
+            with at(w):
+                text, pair = self.make(r, w)
+                out.append({"idx": r.get("idx", i), "text": text, "text_pair": pair,
+                            "label": _label(r, self.label_names, w, split)})
         return out
 
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -171,12 +172,14 @@ class COPA(BaseTask):
         out = []
         for i, r in enumerate(rows):
             w = _where(where, r, i)
-            require(r, ("premise", "choice1", "choice2", "question"), w)
-            if r["question"] not in ("cause", "effect"):
-                raise DataError(f"{w}: question must be 'cause' or 'effect', got {r['question']!r}")
-            label = _label(r, self.label_names, w, split)
-            out.append({"idx": r.get("idx", i), "premise": r["premise"], "question": r["question"],
-                        "choices": [r["choice1"], r["choice2"]], "label": None if label is None else int(label)})
+            with at(w):
+                require(r, ("premise", "choice1", "choice2", "question"), w)
+                if r["question"] not in ("cause", "effect"):
+                    raise DataError(f"{w}: question must be 'cause' or 'effect', got {r['question']!r}")
+                label = _label(r, self.label_names, w, split)
+                out.append({"idx": r.get("idx", i), "premise": str(r["premise"]), "question": r["question"],
+                            "choices": [str(r["choice1"]), str(r["choice2"])],
+                            "label": None if label is None else int(label)})
         return out
 
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -223,17 +226,19 @@ class MultiRC(_SuperGluePair):
         out = []
         for i, r in enumerate(rows):
             w = _where(where, r, i)
-            require(r, ("passage",), w)
-            p = r["passage"]
-            require(p, ("text", "questions"), w)
-            for q in p["questions"]:
-                require(q, ("question", "answers"), w)
-                for a in q["answers"]:
-                    require(a, ("text",), w)
-                    out.append({"idx": {"paragraph": r.get("idx", i), "question": q.get("idx"), "answer": a.get("idx")},
-                                "question_id": f"{r.get('idx', i)}-{q.get('idx')}",
-                                "text": p["text"], "text_pair": f"{q['question']} {a['text']}",
-                                "label": _label(a, self.label_names, w, split)})
+            with at(w):
+                require(r, ("passage",), w)
+                p = r["passage"]
+                require(p, ("text", "questions"), w)
+                for q in p["questions"]:
+                    require(q, ("question", "answers"), w)
+                    for a in q["answers"]:
+                        require(a, ("text",), w)
+                        idx = {"paragraph": r.get("idx", i), "question": q.get("idx"), "answer": a.get("idx")}
+                        out.append({"idx": idx,
+                                    "question_id": f"{r.get('idx', i)}-{q.get('idx')}",
+                                    "text": str(p["text"]), "text_pair": f"{q['question']} {a['text']}",
+                                    "label": _label(a, self.label_names, w, split)})
         return out
 
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -269,21 +274,25 @@ class ReCoRD(BaseTask):
         out = []
         for i, r in enumerate(rows):
             w = _where(where, r, i)
-            require(r, ("passage", "qas"), w)
-            text = r["passage"]["text"]
-            ents: list[str] = []
-            for e in r["passage"].get("entities", []):
-                s = text[int(e["start"]):int(e["end"]) + 1]   # ReCoRD entity ends are inclusive
-                if s not in ents:
-                    ents.append(s)
-            for q in r["qas"]:
-                require(q, ("query",), w)
-                answers = [a["text"] for a in q.get("answers", [])]
-                if not answers and split != "test":
-                    raise DataError(f"{w}: query {q.get('idx')} has no answers in a {split} example")
-                out.append({"idx": q.get("idx", len(out)), "passage": text.replace("@highlight\n", "- "),
-                            "query": q["query"], "entities": ents, "answers": answers or None,
-                            "label": answers or None})
+            with at(w):
+                require(r, ("passage", "qas"), w)
+                require(r["passage"], ("text",), w)
+                text = r["passage"]["text"]
+                if not isinstance(text, str):
+                    raise DataError(f"{w}: passage text must be a string")
+                ents: list[str] = []
+                for e in r["passage"].get("entities", []):
+                    s = text[int(e["start"]):int(e["end"]) + 1]   # ReCoRD entity ends are inclusive
+                    if s not in ents:
+                        ents.append(s)
+                for q in r["qas"]:
+                    require(q, ("query",), w)
+                    answers = [str(a["text"]) for a in q.get("answers", [])]
+                    if not answers and split != "test":
+                        raise DataError(f"{w}: query {q.get('idx')} has no answers in a {split} example")
+                    out.append({"idx": q.get("idx", len(out)), "passage": text.replace("@highlight\n", "- "),
+                                "query": str(q["query"]), "entities": ents, "answers": answers or None,
+                                "label": answers or None})
         return out
 
     def from_hf(self, rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -309,7 +318,7 @@ class ReCoRD(BaseTask):
         logits = stack_outputs(outputs, len(split.features)).reshape(len(split.features), -1)
         score = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
         best: dict[int, tuple[float, str]] = {}
-        for f, s in zip(split.features, score):
+        for f, s in zip(split.rows(["example_index", "entity"]), score):
             i = f["example_index"]
             if i not in best or s > best[i][0]:
                 best[i] = (float(s), f["entity"])

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 def check_tags(tokens: Sequence[str], tags: Sequence[str] | None, where: str) -> None:
+    for name, seq in (("tokens", tokens), ("tags", tags)):
+        if seq is not None and (not isinstance(seq, list) or not all(isinstance(x, str) for x in seq)):
+            raise DataError(f"{where}: {name} must be a list of strings")
     if tags is not None and len(tags) != len(tokens):
         raise DataError(f"{where}: {len(tokens)} tokens but {len(tags)} tags")
     if not tokens:
@@ -77,7 +80,7 @@ class TaggingTask(BaseTask):
         if len(outputs) != len(split.features):
             raise ValueError(f"got outputs for {len(outputs)} features, expected {len(split.features)}")
         preds = [["O"] * len(e["tokens"]) for e in split.examples]
-        for f, logits in zip(split.features, outputs):
+        for f, logits in zip(split.rows(["example_index", "word_ids"]), outputs):
             ids = np.asarray(logits).argmax(-1)
             row = preds[f["example_index"]]
             prev = -1
