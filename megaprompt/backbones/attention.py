@@ -104,7 +104,8 @@ def described_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int
         padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
         if padding is not None:
             padding = padding.bool()
-            if bool(padding.all()):
+            # meta (the memory estimator's shape-only forward of a full batch) cannot be read: no padding
+            if padding.device.type == "meta" or bool(padding.all()):
                 padding = None
         return KeyPadding(padding, causal=mask_function is causal_mask_function, length=q_length)
     # an explicit mask: SDPA's implicit ``is_causal`` cannot describe prefix slots in front of real keys

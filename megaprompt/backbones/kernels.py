@@ -12,7 +12,8 @@ keys 0..i). Kernels, tried in the order of ``attention_kernels()``; the first th
   alignment at the *bottom-right* corner (``torch.nn.attention.bias.causal_lower_right``: query i sees keys
   0..i+P) is exactly "all P prefix slots + real keys up to i". (``is_causal=True`` aligns top-left: query i
   would see keys 0..i, i.e. only prefix slots for i < P - wrong.) On GPU it dispatches to flash / memory-
-  efficient attention with ``causal_lower_right``; on CPU torch materialises an (L, P+L) mask per call.
+  efficient attention with ``causal_lower_right``; elsewhere an (L, P+L) bool mask (no batch factor) is
+  built per call, as torch itself would for ``causal_lower_right`` off the GPU.
 * ``flex`` - ``torch.nn.attention.flex_attention`` with a block mask of prefix + causal + key padding +
   prefix mask, built once per forward and prefix length (``KeyPadding.block_mask``) and shared by all
   layers. Compiled on GPU. On CPU, flex has no backward, so it is tried there only for inference.
@@ -167,12 +168,22 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Ten
         if p_len == 0:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
                                                   enable_gqa=gqa)
-        from torch.nn.attention.bias import causal_lower_right
+        if q.device.type == "cuda":
+            from torch.nn.attention.bias import causal_lower_right
 
-        if gqa and q.device.type == "cuda":     # CausalBias calls the flash/efficient ops without the GQA path
-            k, v, gqa = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1]), False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[2], k.shape[2]),
-                                              dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+            if gqa:          # CausalBias calls the flash/efficient ops directly, without SDPA's GQA path
+                k, v, gqa = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1]), False
+            try:
+                bias = causal_lower_right(q.shape[2], k.shape[2])
+            except RuntimeError:     # a tensor subclass cannot be made under some dispatch modes
+                bias = None
+            if bias is not None:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scaling,
+                                                      enable_gqa=gqa)
+        # elsewhere (CPU, meta) torch would materialise the same (Lq, P+Lk) mask: no batch factor, no O(B L^2)
+        lower_right = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(p_len)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=lower_right, dropout_p=dropout, scale=scaling,
+                                              enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, scale=scaling,
                                           enable_gqa=gqa)
 

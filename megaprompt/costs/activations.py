@@ -11,8 +11,9 @@ Two things differ between this meta run and a GPU ZeRO-3 run, and are emulated:
 
 * **Fused attention.** On meta, ``F.scaled_dot_product_attention`` would take the math path, which saves
   the (B, H, L, L) probabilities. GPU kernels (flash / memory-efficient) save q, k, v, the output and a
-  float32 log-sum-exp (B, H, L), plus the additive bias made from an explicit mask ((B, 1, L, Lk), query
-  dtype; P-Tuning v2 always passes an explicit mask). ``fused_attention=True`` replaces SDPA by an
+  float32 log-sum-exp (B, H, L), plus the additive bias made from an explicit mask, in the query dtype and
+  the mask's own broadcast shape (megaprompt's fused kernels pass none, a (B, 1, 1, P+L) key mask or an
+  (L, P+L) causal pattern; see ``backbones.kernels``). ``fused_attention=True`` replaces SDPA by an
   autograd function that saves exactly those. Eager attention (DeBERTa's disentangled attention, any
   ``attn_implementation="eager"``) is measured as is.
 * **ZeRO-3's linear.** ``deepspeed.zero.Init`` (which ``HfDeepSpeedConfig`` triggers) replaces
@@ -71,10 +72,10 @@ def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
                 enable_gqa=False):
     bias = None
     if attn_mask is not None:
-        shape = torch.broadcast_shapes(attn_mask.shape[:-2], query.shape[:-3] + (1,)) \
-            + (query.shape[-2], key.shape[-2])
-        # A bool mask becomes an additive bias in the query dtype; a float mask is used (and saved) as is.
-        bias = attn_mask.new_empty(shape, dtype=query.dtype) if attn_mask.dtype == torch.bool else attn_mask
+        # A bool mask becomes an additive bias in the query dtype, of the mask's own (broadcast) shape - a
+        # (B, 1, 1, P+L) key mask or an (L, P+L) causal pattern stays that small; a float mask is saved as is.
+        bias = attn_mask.new_empty(attn_mask.shape, dtype=query.dtype) if attn_mask.dtype == torch.bool \
+            else attn_mask
     return _FusedSDPA.apply(query, key, value, bias)
 
 
