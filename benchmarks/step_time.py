@@ -25,6 +25,11 @@ Usage::
                                    [--device cpu|cuda] [--threads N] [--json PATH] [--no-mem]
 
 Targets (median step-time ratios): pt2 <= 0.65 x ft; pt2 <= 1.10 x head; pt2+ckpt <= 1.4 x pt2.
+
+``--attention-compare`` times pt2 (and pt2+ckpt, if in ``--methods``) on the reference attention path
+(explicit (B, 1, L, P+L) mask per layer) against the fused kernels of ``megaprompt.backbones.kernels``, on the
+same model and batch, alternating the order every round; it reports medians, the new/old ratio (target:
+<= 1.0, no regression) and the load average before and after.
 ``--methods`` may add ``pt2+ckpt2`` (checkpoint every 2nd layer). ``--threads 1`` with the reported CPU
 seconds is the most repeatable measure on a shared machine (no OpenMP spin-waiting in the CPU time).
 """
@@ -76,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mem-steps", type=int, default=2)
     ap.add_argument("--mem-interval", type=float, default=0.002)
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--attention-compare", dest="attention_compare", action="store_true",
+                    help="pt2 (and pt2+ckpt) steps on the reference attention path vs the fused kernels, "
+                         "interleaved; reports medians and the new/old ratio")
+    ap.add_argument("--no-pad", dest="no_pad", action="store_true", help="no padded sequences in the batch")
     ap.add_argument("--_mem-child", dest="mem_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -127,7 +136,7 @@ def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
     ids = torch.randint(5, args.vocab, (args.batch, args.seq), generator=g)
     mask = torch.ones_like(ids)
     # a realistic batch: some sequences right-padded
-    for b in range(1, args.batch, 2):
+    for b in range(1, args.batch, 2) if not args.no_pad else ():
         cut = args.seq - (b * args.seq) // (2 * args.batch)
         mask[b, cut:] = 0
         ids[b, cut:] = 0
@@ -297,11 +306,61 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"memory: {res['mem_method']}")
 
 
+def attention_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Reference (explicit-mask) attention vs the fused kernels on the same pt2 model and batch, interleaved
+    (the order alternates every round); per-variant medians of wall and CPU seconds and new/old ratios."""
+    from megaprompt.backbones.kernels import KERNEL_CALLS, attention_kernels, kernels
+
+    base = build_backbone(args)
+    methods = [m for m in args.methods if m.startswith("pt2")] or ["pt2"]
+    models = {m: build_method(args, m, copy.deepcopy(base)) for m in methods}
+    batch = make_batch(args)
+    variants = {"old": ("reference",), "new": attention_kernels(args.device)}
+    times = {(m, v): [] for m in methods for v in variants}
+    cpu = {(m, v): [] for m in methods for v in variants}
+    load_before = os.getloadavg()
+    calls_before = KERNEL_CALLS.copy()
+    for r in range(args.warmup + args.repeats):
+        for m in methods:
+            model, opt = models[m]
+            for v in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                with kernels(*variants[v]):
+                    sync(args.device)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    step(model, opt, batch)
+                    sync(args.device)
+                if r >= args.warmup:
+                    times[(m, v)].append(time.perf_counter() - t0)
+                    cpu[(m, v)].append(time.process_time() - c0)
+    res: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "mem_child")},
+                           "threads": torch.get_num_threads(), "loadavg_before": load_before,
+                           "loadavg_after": os.getloadavg(), "new_kernels": list(variants["new"]),
+                           "kernel_calls": {k: n - calls_before.get(k, 0) for k, n in KERNEL_CALLS.items()
+                                            if n != calls_before.get(k, 0)}}
+    for m in methods:
+        old, new = statistics.median(times[(m, "old")]), statistics.median(times[(m, "new")])
+        cold, cnew = statistics.median(cpu[(m, "old")]), statistics.median(cpu[(m, "new")])
+        res[m] = {"old_median_s": old, "new_median_s": new, "new_over_old": new / old,
+                  "old_median_cpu_s": cold, "new_median_cpu_s": cnew, "cpu_new_over_old": cnew / cold,
+                  "old_s": times[(m, "old")], "new_s": times[(m, "new")]}
+        print(f"{m:<9} reference {old:.3f}s  fused {new:.3f}s  new/old {new / old:.3f}  "
+              f"(cpu-time ratio {cnew / cold:.3f})")
+    print(f"load average before {load_before[0]:.2f}, after {res['loadavg_after'][0]:.2f}; kernels run "
+          f"{res['kernel_calls']}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.attention_compare:
+        res = attention_compare(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
     if args.mem_child:
         mem_child(args)
         return 0

@@ -10,8 +10,10 @@ must avoid:
 
 Instead we register one attention implementation, ``"megaprompt"``, in ``ALL_ATTENTION_FUNCTIONS``. The
 model computes q/k/v for real tokens as usual (positions 0..L-1, RoPE applied), then calls our function,
-which concatenates the prefix keys/values of *that* layer in front of the real ones, extends the mask so
-every query sees every (unmasked) prefix slot, and runs SDPA (or the eager math when asked for weights).
+which puts the prefix keys/values of *that* layer in front of the real ones so every query sees every
+(unmasked) prefix slot. Which kernel computes that (fused SDPA, bottom-right causal SDPA, FlexAttention, or
+the explicit-mask reference) is ``kernels.choose_kernel``'s decision; the mask hook (``described_mask``)
+hands the kernels a ``KeyPadding`` description instead of a materialised (B, 1, L, L) mask.
 
 Where a prefix comes from: each attention module is tagged by the backbone adapter with ``_mp_holder`` (a
 ``PrefixHolder`` shared by the whole model) and ``_mp_layer`` (its layer index). ``PromptedModel.forward``
@@ -21,12 +23,14 @@ under activation checkpointing the layer is re-run during backward and must see 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function, causal_mask_function,
+                                        prepare_padding_mask, sdpa_mask)
 from transformers.modeling_utils import AttentionInterface
+
+from megaprompt.backbones.kernels import KeyPadding, attend
 
 ATTN_NAME = "megaprompt"
 
@@ -64,27 +68,12 @@ def layer_prefix(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, t
     return kv[0], kv[1], holder.state.mask
 
 
-def _bool_mask(attention_mask: torch.Tensor | None, module: torch.nn.Module, q_len: int, k_len: int,
-               is_causal: bool | None, device: torch.device) -> torch.Tensor:
-    """The real-token mask as bool ``(B|1, 1, Lq, Lk)``, True = attend, whatever form transformers gave."""
-    if attention_mask is None:
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-        if causal and q_len > 1:
-            # Causal order among real tokens: query i sees keys 0..i (q_len == k_len without a cache).
-            return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
-        return torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
-    mask = attention_mask[:, :, :, :k_len]
-    if mask.dtype != torch.bool:  # additive float mask: 0 where allowed, large negative elsewhere
-        mask = mask == 0
-    return mask
-
-
 def prefix_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,            # (B, H, Lq, d)
     key: torch.Tensor,              # (B, kvH, Lk, d)
     value: torch.Tensor,            # (B, kvH, Lk, d)
-    attention_mask: torch.Tensor | None,
+    attention_mask: KeyPadding | torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
@@ -93,51 +82,42 @@ def prefix_attention_forward(
     """Attention over [prefix ; real] keys. Returns ``(B, Lq, H, d)`` like transformers' own functions."""
     holder: PrefixHolder | None = getattr(module, "_mp_holder", None)
     prefix = layer_prefix(module)
-    bsz, n_heads, q_len, _ = query.shape
-    mask = _bool_mask(attention_mask, module, q_len, key.shape[2], is_causal, query.device)
-    if prefix is not None:
-        pk, pv, pmask = prefix
-        p_len = pk.shape[2]
-        key = torch.cat([pk.to(key.dtype), key], dim=2)        # (B, kvH, P+Lk, d)
-        value = torch.cat([pv.to(value.dtype), value], dim=2)
-        if pmask is None:
-            pm = torch.ones(1, 1, q_len, p_len, dtype=torch.bool, device=query.device)
-        else:
-            pm = pmask[:, None, None, :].expand(bsz, 1, q_len, p_len)
-        # Every real query sees every (unmasked) prefix slot; the real-token part keeps its own rule.
-        mask = torch.cat([pm.expand(max(pm.shape[0], mask.shape[0]), 1, q_len, p_len),
-                          mask.expand(max(pm.shape[0], mask.shape[0]), 1, q_len, mask.shape[-1])], dim=-1)
-    kv_heads = key.shape[1]
-    if (holder is not None and holder.inner == "eager") or kwargs.get("output_attentions"):
-        if kv_heads != n_heads:
-            key = key.repeat_interleave(n_heads // kv_heads, dim=1)
-            value = value.repeat_interleave(n_heads // kv_heads, dim=1)
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        scores = torch.matmul(query, key.transpose(2, 3)) * scale
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
-        probs = F.dropout(probs, p=dropout, training=module.training)
-        out = torch.matmul(probs, value)
-        return out.transpose(1, 2).contiguous(), probs
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
-        is_causal=False, enable_gqa=kv_heads != n_heads,
-    )
-    return out.transpose(1, 2).contiguous(), None
+    if isinstance(attention_mask, KeyPadding):
+        causal = attention_mask.causal
+    else:
+        causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    need_weights = bool((holder is not None and holder.inner == "eager") or kwargs.get("output_attentions"))
+    out, weights = attend(query, key, value, None if prefix is None else prefix[:2],
+                          None if prefix is None else prefix[2], attention_mask, causal, scaling, dropout,
+                          module.training, need_weights)
+    return out.transpose(1, 2).contiguous(), weights
 
 
-def _always_materialised_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    # Ask transformers for an explicit bool mask: SDPA's implicit ``is_causal`` cannot describe a key axis
-    # that has prefix slots in front of the real tokens.
-    kwargs["allow_is_causal_skip"] = False
-    kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(*args, **kwargs)
+def described_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                   mask_function: Callable = causal_mask_function, attention_mask: torch.Tensor | None = None,
+                   local_size: int | None = None, **kwargs: Any) -> KeyPadding | torch.Tensor | None:
+    """transformers' mask hook for ``"megaprompt"``: a ``KeyPadding`` for plain causal / bidirectional masks
+    over a full sequence (the kernels decide how to apply it, with prefix slots in front), else the explicit
+    bool mask. The all-real check is one host sync per forward, as in transformers' own SDPA mask."""
+    plain = mask_function is causal_mask_function or mask_function is bidirectional_mask_function
+    if plain and local_size is None and q_offset == 0 and kv_offset == 0 and q_length == kv_length:
+        padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
+        if padding is not None:
+            padding = padding.bool()
+            # meta (the memory estimator's shape-only forward of a full batch) cannot be read: no padding
+            if padding.device.type == "meta" or bool(padding.all()):
+                padding = None
+        return KeyPadding(padding, causal=mask_function is causal_mask_function, length=q_length)
+    # an explicit mask: SDPA's implicit ``is_causal`` cannot describe prefix slots in front of real keys
+    kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function, attention_mask,
+                     local_size, **kwargs)
 
 
 def register() -> None:
     """Register ``"megaprompt"`` in transformers' attention and mask interfaces (idempotent)."""
     AttentionInterface.register(ATTN_NAME, prefix_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, _always_materialised_mask)
+    AttentionMaskInterface.register(ATTN_NAME, described_mask)
 
 
 register()

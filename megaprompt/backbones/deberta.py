@@ -5,7 +5,10 @@ transformers 5 (a cache argument is silently ignored), so the adapter replaces t
 ``_prefix_forward`` below. It reproduces the module's own computation for real tokens - content-to-content
 scores plus the c2p/p2c relative-position bias from the module's ``disentangled_attention_bias`` - and
 prepends content-only scores against the prefix keys. Prefix keys have no position, so they get no
-relative-position bias (He et al., 2021, Eq. 2 applies to token pairs only).
+relative-position bias (He et al., 2021, Eq. 2 applies to token pairs only). Unless attention weights are
+asked for (or probability dropout is active), the softmax runs on SDPA with the relative-position bias and
+the mask as an additive bias (kernel "sdpa"); the explicit path is the reference. DeBERTa builds its
+(B, 1, L, L) mask and (B, H, L, L) bias itself, so no kernel can avoid those here.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch.nn as nn
 
 from megaprompt.backbones.attention import PrefixHolder, layer_prefix
 from megaprompt.backbones.base import BackboneAdapter
+from megaprompt.backbones.kernels import KERNEL_CALLS, attention_kernels
 
 
 def _prefix_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
@@ -31,24 +35,42 @@ def _prefix_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask
     v = self.transpose_for_scores(self.value_proj(hidden_states), heads)
     scale_factor = 1 + ("c2p" in self.pos_att_type) + ("p2c" in self.pos_att_type)
     scale = torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float) * scale_factor).to(q.dtype)
-    scores = torch.bmm(q, k.transpose(-1, -2) / scale)
+    rel = None
     if self.relative_attention:
         rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), scale_factor)
-        scores = scores + rel
-    seq = scores.size(-1)
-    scores = scores.view(-1, heads, scores.size(-2), seq)          # (B, H, Lq, Lk)
+    bsz, q_len, k_len, d = q.size(0) // heads, q.size(-2), k.size(-2), q.size(-1)
     mask = attention_mask.bool()                                    # (B, 1, Lq, Lk)
     prefix = layer_prefix(self)
+    p_len = 0
     if prefix is not None:
         pk, pv, pmask = prefix                                      # (B, H, P, d)
-        bsz, _, p_len, d = pk.shape
-        pk = pk.to(q.dtype).reshape(bsz * heads, p_len, d)
-        pscores = torch.bmm(q, pk.transpose(-1, -2) / scale).view(bsz, heads, -1, p_len)
-        scores = torch.cat([pscores, scores], dim=-1)               # (B, H, Lq, P+Lk)
-        pm = torch.ones(bsz, 1, mask.size(-2), p_len, dtype=torch.bool, device=mask.device) if pmask is None \
-            else pmask[:, None, None, :].expand(bsz, 1, mask.size(-2), p_len)
-        mask = torch.cat([pm, mask.expand(bsz, 1, mask.size(-2), seq)], dim=-1)
+        p_len = pk.shape[2]
+        pm = torch.ones(bsz, 1, q_len, p_len, dtype=torch.bool, device=mask.device) if pmask is None \
+            else pmask[:, None, None, :].expand(bsz, 1, q_len, p_len)
+        mask = torch.cat([pm, mask.expand(bsz, 1, q_len, k_len)], dim=-1)        # (B, 1, Lq, P+Lk)
+        k = torch.cat([pk.to(k.dtype).reshape(bsz * heads, p_len, d), k], dim=1)
         v = torch.cat([pv.to(v.dtype).reshape(bsz * heads, p_len, d), v], dim=1)
+    fused = not output_attentions and "sdpa" in attention_kernels(q.device) and not (
+        self.training and self.dropout.p > 0)           # dropout of the probabilities: the reference's stream
+    KERNEL_CALLS["sdpa" if fused else "reference"] += 1
+    if rel is not None:
+        rel = rel.view(bsz, heads, q_len, k_len)
+        if p_len:                                       # prefix slots have no position: no bias
+            rel = torch.cat([rel.new_zeros(bsz, heads, q_len, p_len), rel], dim=-1)
+    if fused:
+        # softmax(q k^T / scale + rel) v on SDPA; masked entries get finfo.min (not -inf), as the reference
+        # fills them, so a fully masked row (a padding query without prefix) stays uniform, not NaN.
+        fill = torch.finfo(q.dtype).min
+        bias = rel.masked_fill(~mask, fill) if rel is not None else \
+            torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, fill)
+        ctx = nn.functional.scaled_dot_product_attention(
+            q.view(bsz, heads, q_len, d), k.view(bsz, heads, -1, d), v.view(bsz, heads, -1, d),
+            attn_mask=bias, scale=1.0 / float(scale))
+        ctx = ctx.permute(0, 2, 1, 3).contiguous()
+        return (ctx.view(ctx.size()[:-2] + (-1,)), None)
+    scores = torch.bmm(q, k.transpose(-1, -2) / scale).view(bsz, heads, q_len, -1)   # (B, H, Lq, P+Lk)
+    if rel is not None:
+        scores = scores + rel
     scores = scores.masked_fill(~mask, torch.finfo(q.dtype).min)
     probs = self.dropout(nn.functional.softmax(scores, dim=-1))
     ctx = torch.bmm(probs.view(-1, probs.size(-2), probs.size(-1)), v)

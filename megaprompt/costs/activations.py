@@ -11,8 +11,9 @@ Two things differ between this meta run and a GPU ZeRO-3 run, and are emulated:
 
 * **Fused attention.** On meta, ``F.scaled_dot_product_attention`` would take the math path, which saves
   the (B, H, L, L) probabilities. GPU kernels (flash / memory-efficient) save q, k, v, the output and a
-  float32 log-sum-exp (B, H, L), plus the additive bias made from an explicit mask ((B, 1, L, Lk), query
-  dtype; P-Tuning v2 always passes an explicit mask). ``fused_attention=True`` replaces SDPA by an
+  float32 log-sum-exp (B, H, L), plus the additive bias made from an explicit mask, in the query dtype and
+  the mask's own broadcast shape (megaprompt's fused kernels pass none, a (B, 1, 1, P+L) key mask or an
+  (L, P+L) causal pattern; see ``backbones.kernels``). ``fused_attention=True`` replaces SDPA by an
   autograd function that saves exactly those. Eager attention (DeBERTa's disentangled attention, any
   ``attn_implementation="eager"``) is measured as is.
 * **ZeRO-3's linear.** ``deepspeed.zero.Init`` (which ``HfDeepSpeedConfig`` triggers) replaces
@@ -44,12 +45,26 @@ class ActivationProfile:
     outside: int = 0                                  # embeddings, prompt, head, loss
     per_layer: list[int] = field(default_factory=list)
     layer_inputs: list[int] = field(default_factory=list)
+    # Bytes of parameters that autograd saves through a *view* (torch's linear saves ``weight.t()`` to
+    # compute the input gradient, frozen weights included). Under ZeRO-3 a view keeps the gathered copy of
+    # the weight alive after DeepSpeed releases the parameter (it swaps ``param.data``; the view still holds
+    # the old storage) until backward: every such layer's full weights stay on every rank between forward
+    # and backward. A saved parameter itself (DeepSpeed's memory-efficient linear, norm weights) does not.
+    saved_weights: list[int] = field(default_factory=list)
+    saved_weights_outside: int = 0
 
     def total(self, checkpointing: bool = False) -> int:
         inside = sum(self.per_layer)
         if not checkpointing or inside == 0:
             return self.outside + inside
         return self.outside + sum(self.layer_inputs) + max(self.per_layer)
+
+    def gathered_weights(self, checkpointing: bool = False) -> int:
+        """Full-weight bytes kept alive through saved views at the forward/backward turn (see above);
+        with checkpointing only the layer being recomputed holds any."""
+        if checkpointing:
+            return max(self.saved_weights, default=0)
+        return self.saved_weights_outside + sum(self.saved_weights)
 
 
 class _FusedSDPA(torch.autograd.Function):
@@ -71,10 +86,10 @@ def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
                 enable_gqa=False):
     bias = None
     if attn_mask is not None:
-        shape = torch.broadcast_shapes(attn_mask.shape[:-2], query.shape[:-3] + (1,)) \
-            + (query.shape[-2], key.shape[-2])
-        # A bool mask becomes an additive bias in the query dtype; a float mask is used (and saved) as is.
-        bias = attn_mask.new_empty(shape, dtype=query.dtype) if attn_mask.dtype == torch.bool else attn_mask
+        # A bool mask becomes an additive bias in the query dtype, of the mask's own (broadcast) shape - a
+        # (B, 1, 1, P+L) key mask or an (L, P+L) causal pattern stays that small; a float mask is saved as is.
+        bias = attn_mask.new_empty(attn_mask.shape, dtype=query.dtype) if attn_mask.dtype == torch.bool \
+            else attn_mask
     return _FusedSDPA.apply(query, key, value, bias)
 
 
@@ -134,10 +149,13 @@ def measure(model: nn.Module, batch_size: int, seq_len: int, dtype: str = "bf16"
     model = model.to(DTYPES[dtype])
     model.train()
     param_sids = {_sid(p) for p in model.parameters()}
+    param_impls = {p._cdata for p in model.parameters()}
     prof = ActivationProfile()
     layers = _layers(model.backbone)
     prof.per_layer = [0] * len(layers)
     prof.layer_inputs = [0] * len(layers)
+    prof.saved_weights = [0] * len(layers)
+    weight_views: set[int] = set()
     current = [-1]
     seen: set[int] = set()
     handles = []
@@ -159,6 +177,13 @@ def measure(model: nn.Module, batch_size: int, seq_len: int, dtype: str = "bf16"
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         sid = _sid(t)
+        if sid in param_sids and t._cdata not in param_impls and sid not in weight_views:
+            weight_views.add(sid)
+            nbytes = t.untyped_storage().nbytes()
+            if current[0] >= 0:
+                prof.saved_weights[current[0]] += nbytes
+            else:
+                prof.saved_weights_outside += nbytes
         if sid not in param_sids and sid not in seen:
             seen.add(sid)
             nbytes = t.untyped_storage().nbytes()

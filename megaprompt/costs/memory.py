@@ -41,6 +41,16 @@ Sources
     elements stay gathered on every GPU (w*n each); while computing, the module in use and the prefetched
     ones are gathered: w*(largest module + min(prefetch bucket, largest module)) - the estimator's
     4*largest_layer for 16-bit; a trainable module's full gradient exists before its reduce-scatter.
+  - Saved weights (ZeRO-3, more than one rank, ``memory_efficient_linear: false`` as in
+    ds_configs/zero3.json): torch's linear saves ``weight.t()`` - a view - to compute the input gradient,
+    frozen weights included. Releasing a parameter swaps its ``.data``; the view keeps the gathered copy
+    alive until backward. So without activation checkpointing every layer whose input needs a gradient
+    keeps its full weights on every rank from forward to backward (pt2: all layers but layer 0's q/k/v;
+    ft: all); with checkpointing only the recomputed layer. Measured on meta with the activations
+    (``ActivationProfile.gathered_weights``); found by benchmarks/memory_check.py --scale on a 0.9B model.
+  - CPU ranks (``--device cpu``): the "device" is the host, so a rank's figure is its resident set: the
+    same components plus ``process_baseline``, the RSS of a training process before any model (python,
+    torch, transformers, deepspeed: 0.40 GiB with torch 2.13 CPU and deepspeed 0.19, ``--baseline_gb``).
   - Reduce bucket: with ``contiguous_gradients`` every ZeRO stage >= 1 allocates ``reduce_bucket_size``
     elements (w each; ZeRO-2 with ``overlap_comm`` two of them) - whatever the trainable count. DeepSpeed's
     default 5e8 elements is 1 GB in bf16: for P-Tuning v2 set it near the trainable count.
@@ -72,11 +82,14 @@ from megaprompt.costs.params import (CostInputError, ModelFacts, build_prompted,
 from megaprompt.prompts.config import METHODS, REPARAMS
 
 GiB = 2 ** 30
+# RSS of a CPU training rank after importing torch 2.13 (CPU), transformers 5 and deepspeed 0.19, before any
+# model (benchmarks/memory_scale.py records it as the "imports" phase: 0.40 GiB on this project's machine)
+CPU_BASELINE_GIB = 0.40
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 METHOD_NAMES = {"ft": "full fine-tuning", "pt2": "P-Tuning v2", "lester": "prompt tuning (Lester)",
                 "head": "linear probe (head only)"}
 COMPONENTS = ("frozen_weights", "trainable_weights", "gradients", "master_weights", "optimizer_states",
-              "gathered_buffers", "step_transient", "activations")
+              "gathered_buffers", "saved_weights", "step_transient", "activations", "process_baseline")
 MODEL_STATES = ("frozen_weights", "trainable_weights", "gradients", "master_weights", "optimizer_states")
 
 
@@ -103,6 +116,8 @@ class Setup:
     memory_efficient_linear: bool = True
     fused_attention: bool = True
     ds_config: str | None = None                  # the DeepSpeed JSON these settings were read from
+    device: str = "gpu"                           # "cpu": ranks on CPU (gloo); device memory = process RSS
+    baseline_bytes: int = 0                       # the process before any model (CPU: python/torch/deepspeed)
 
     @property
     def world(self) -> int:
@@ -122,6 +137,8 @@ class Setup:
             raise CostInputError(f"parameter offload needs ZeRO stage 3 (got stage {self.stage})")
         if self.offload_optimizer and self.stage == 0:
             raise CostInputError("optimizer offload needs ZeRO stage 1, 2 or 3 (got stage 0)")
+        if self.device not in ("gpu", "cpu"):
+            raise CostInputError(f"device {self.device!r}: expected gpu or cpu")
         if self.batch_size < 1 or self.seq_len < 1:
             raise CostInputError(f"batch_size {self.batch_size}, seq_len {self.seq_len}: both must be >= 1")
 
@@ -162,8 +179,11 @@ def _part(sizes: Sequence[int], n: int) -> int:
     return sum(-(-s // n) for s in sizes)
 
 
-def estimate(facts: ModelFacts, setup: Setup, activations: int = 0, method: str = "") -> Estimate:
-    """The memory of one rank. ``activations``: bytes from ``activations.measure`` (0 to leave out)."""
+def estimate(facts: ModelFacts, setup: Setup, activations: int = 0, method: str = "",
+             saved_weights: int = 0) -> Estimate:
+    """The memory of one rank. ``activations``: bytes from ``activations.measure`` (0 to leave out);
+    ``saved_weights``: full weights autograd keeps through views (``ActivationProfile.gathered_weights``),
+    extra memory only under ZeRO-3 with more than one rank (elsewhere they are the weights themselves)."""
     setup.validate()
     n = setup.world
     if n > facts.n_total:
@@ -194,6 +214,7 @@ def estimate(facts: ModelFacts, setup: Setup, activations: int = 0, method: str 
         live = facts.largest_module + min(setup.prefetch_bucket_size, facts.largest_module)
         live = min(live, sum(s for s in T + F if s > setup.persistence_threshold)) if n > 1 else 0
         gpu["gathered_buffers"] = w * (persistent + live) + g * facts.largest_trainable_module + bucket
+        gpu["saved_weights"] = saved_weights if n > 1 else 0
     elif setup.stage in (1, 2):
         tp = -(-nt // n)
         gpu["frozen_weights"] = w * nf
@@ -214,6 +235,7 @@ def estimate(facts: ModelFacts, setup: Setup, activations: int = 0, method: str 
         gpu["master_weights"] = 4 * nt if mixed else 0
         gpu["optimizer_states"] = 8 * nt
     gpu["activations"] = activations
+    gpu["process_baseline"] = setup.baseline_bytes
     return Estimate(method, n, nt, nf, {k: v for k, v in gpu.items()}, {k: v for k, v in cpu.items() if v},
                     setup.gpus_per_node)
 
@@ -245,7 +267,8 @@ def prepare(backbone: str, method: str, setup: Setup, prompt_len: int = 16, repa
 
 def estimate_for(mc: MethodCosts, setup: Setup) -> Estimate:
     act = mc.profile.total(setup.checkpointing) if mc.profile is not None else 0
-    return estimate(mc.facts, setup, act, mc.method)
+    saved = mc.profile.gathered_weights(setup.checkpointing) if mc.profile is not None else 0
+    return estimate(mc.facts, setup, act, mc.method, saved)
 
 
 def gpu_counts(gpus_per_node: int, max_gpus: int) -> list[int]:
@@ -342,6 +365,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--no_memory_efficient_linear", action="store_true",
                     help="ZeRO-3 with memory_efficient_linear=false: frozen linears keep no input")
     ap.add_argument("--eager_attention", action="store_true", help="attention probabilities are saved (no SDPA)")
+    ap.add_argument("--device", default="gpu", choices=("gpu", "cpu"),
+                    help="cpu: ranks on CPU (gloo); a rank's figure is its resident set, baseline included")
+    ap.add_argument("--baseline_gb", type=float, default=None,
+                    help=f"RSS of a training process before any model (default {CPU_BASELINE_GIB} GiB on "
+                         f"--device cpu, 0 on gpu)")
     ap.add_argument("--gpu_mem_gb", type=float, default=80.0, help="GPU memory for the fit check (GiB)")
     ap.add_argument("--reserve_gb", type=float, default=0.0, help="GiB per GPU kept free (context, fragmentation)")
     ap.add_argument("--cpu_mem_gb", type=float, default=None, help="host memory per node for the fit check (GiB)")
@@ -363,7 +391,11 @@ def _setup_from_args(args: argparse.Namespace) -> Setup:
         s = replace(_load_ds_config(path, s), ds_config=path)
     kw: dict[str, Any] = dict(nodes=args.nodes, gpus_per_node=args.gpus_per_node, dtype=args.dtype,
                               checkpointing=args.checkpointing, batch_size=args.batch_size, seq_len=args.seq_len,
-                              fused_attention=not args.eager_attention)
+                              fused_attention=not args.eager_attention, device=args.device)
+    base = args.baseline_gb if args.baseline_gb is not None else (CPU_BASELINE_GIB if args.device == "cpu" else 0)
+    if base < 0:
+        raise CostInputError(f"--baseline_gb {base:g}: must be >= 0")
+    kw["baseline_bytes"] = int(base * GiB)
     if args.stage is not None:
         kw["stage"] = args.stage
     if args.offload_optimizer:
@@ -459,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{', checkpointing' if s.checkpointing else ''}{', offload optimizer' if s.offload_optimizer else ''}"
           f"{', offload params' if s.offload_param else ''}; prompt_len {args.prompt_len}; "
           f"DeepSpeed settings from {_shown_path(s.ds_config) if s.ds_config else 'DeepSpeed defaults'}")
-    head = f"{'GiB per GPU':24s}" + "".join(f"{m:>14s}" for m in methods)
+    unit = "GiB per rank (RSS)" if s.device == "cpu" else "GiB per GPU"
+    head = f"{unit:24s}" + "".join(f"{m:>14s}" for m in methods)
     print(head)
     print(f"{'trainable params':24s}" + "".join(f"{human(e.params_trainable):>14s}" for e in ests))
     for k in COMPONENTS:

@@ -1,9 +1,10 @@
 """The training loop: steps, evaluation, best-dev export, resume checkpoints, preemption, TensorBoard.
 
 One optimizer step = ``grad_accum`` micro-batches per rank; DeepSpeed's ``engine.step()`` is called after
-every micro-batch and only updates at the accumulation boundary. The loop's state is just the global step
-(data order is a pure function of it, see ``engine.data``), the best dev metric so far and the evaluation
-history, so a checkpoint at a step boundary resumes exactly.
+every micro-batch and only updates at the accumulation boundary. Losses stay on the device until the step's
+end (``StepTotals``: one collective and one host sync per optimizer step, which also stops a NaN run). The
+loop's state is just the global step (data order is a pure function of it, see ``engine.data``), the best
+dev metric so far and the evaluation history, so a checkpoint at a step boundary resumes exactly.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import torch
 from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine.build import Run
 from megaprompt.engine.data import TrainStream, split_outputs, to_device, train_loader
-from megaprompt.engine.distributed import all_true, is_rank0, log
+from megaprompt.engine.distributed import is_rank0, log
 from megaprompt.engine.export import export_trainable
 from megaprompt.engine.preemption import PreemptionHandler
 from megaprompt.engine.tb import Board
+from megaprompt.engine.totals import StepTotals
 from megaprompt.files import atomic_write_text
 
 
@@ -78,19 +80,19 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     batches = iter(train_loader(run.train, stream, step, run.total_steps, pad, run.device))
     engine.train()
     while step < run.total_steps:
-        step_loss = 0.0
-        for _ in range(t.grad_accum):
-            batch = to_device(next(batches), run.device)
+        totals = StepTotals(run.device, t.grad_accum, run.world)
+        for j in range(t.grad_accum):
+            host = next(batches)
+            samples += int(host["input_ids"].shape[0])
+            tokens += int(host["attention_mask"].sum())          # counted on the host: no device sync
+            batch = to_device(host, run.device)
             loss = engine(**batch)["loss"]
-            finite = bool(torch.isfinite(loss.detach()).item())
-            if not all_true(finite):
-                raise FloatingPointError(f"non-finite training loss at step {step + 1} (rank {run.rank} loss "
-                                         f"{loss.item()}); lower --lr or use --precision fp32/bf16")
+            totals.add(loss)                                     # stays on the device
             engine.backward(loss)
+            if j == t.grad_accum - 1:
+                # one collective per optimizer step, before the boundary engine.step() updates the weights
+                step_loss = totals.finish(step + 1)
             engine.step()
-            step_loss += loss.item() / t.grad_accum
-            samples += int(batch["input_ids"].shape[0])
-            tokens += int(batch["attention_mask"].sum())
         step += 1
         losses.append(step_loss)
         bar.update(1)

@@ -197,3 +197,37 @@ def test_cli_defaults_to_the_shipped_zero3_config(capsys):
     assert pt2_stock["gpu_bytes"]["activations"] > pt2["gpu_bytes"]["activations"]
     assert main(["--backbone", "tiny-bert", "--seq_len", "16"]) == 0
     assert "DeepSpeed settings from ds_configs/zero3.json" in capsys.readouterr().out
+
+
+def test_saved_weight_views_by_hand(tiny):
+    """torch's linear saves ``weight.t()`` for the input gradient: under ZeRO-3 (more than one rank) that view
+    keeps each gathered weight alive until backward. pt2: every linear but layer 0's q/k/v (their input, the
+    frozen embeddings, needs no gradient); ft: every linear; DeepSpeed's memory-efficient linear: none."""
+    cfg = tiny.config("llama")
+    bb = Backbone("llama", cfg)
+    h, inter, hd, kv = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_key_value_heads
+    qkv = h * cfg.num_attention_heads * hd + 2 * h * kv * hd
+    layer = qkv + cfg.num_attention_heads * hd * h + 3 * h * inter
+    prof = {m: measure(build_prompted(bb, make_prompt_config(m, 4)), 2, 16, "fp32") for m in ("pt2", "ft")}
+    assert prof["pt2"].saved_weights == [4 * (layer - qkv), 4 * layer]
+    assert prof["ft"].saved_weights == [4 * layer, 4 * layer]
+    assert prof["pt2"].saved_weights_outside == 4 * 2 * h                   # the head's (2, hidden) weight
+    assert prof["pt2"].gathered_weights() == 4 * (2 * layer - qkv) + 4 * 2 * h
+    assert prof["pt2"].gathered_weights(checkpointing=True) == 4 * layer      # one recomputed layer
+    z3 = measure(build_prompted(bb, make_prompt_config("pt2", 4)), 2, 16, "fp32", zero3_linear=True)
+    assert z3.gathered_weights() == 0
+    f = facts([10], [1000])
+    two = estimate(f, Setup(stage=3, nodes=1, gpus_per_node=2), 0, "pt2", saved_weights=123)
+    one = estimate(f, Setup(stage=3, nodes=1, gpus_per_node=1), 0, "pt2", saved_weights=123)
+    z2 = estimate(f, Setup(stage=2, nodes=1, gpus_per_node=2), 0, "pt2", saved_weights=123)
+    assert two.gpu["saved_weights"] == 123 and one.gpu["saved_weights"] == 0 and z2.gpu.get("saved_weights", 0) == 0
+
+
+def test_cli_cpu_device_adds_the_process_baseline(capsys):
+    argv = ["--backbone", "tiny-llama", "--methods", "pt2", "--gpus_per_node", "2", "--dtype", "fp32", "--json"]
+    assert main(argv) == 0
+    gpu = json.loads(capsys.readouterr().out)["methods"][0]
+    assert main(argv[:-1] + ["--device", "cpu", "--baseline_gb", "0.5", "--json"]) == 0
+    cpu = json.loads(capsys.readouterr().out)["methods"][0]
+    assert cpu["gpu_bytes"]["process_baseline"] == 2 ** 29 and gpu["gpu_bytes"]["process_baseline"] == 0
+    assert cpu["gpu_total_bytes"] == gpu["gpu_total_bytes"] + 2 ** 29
