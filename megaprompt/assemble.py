@@ -6,11 +6,13 @@
   every export is checked against the backbone's shape facts and weight fingerprint first.
 * ``attach_export``: add an export's tasks to a model that already serves others (prompt names that clash
   are renamed ``<task>__<name>``; a task name that clashes is an error).
+* ``save_model_export``: the export of a model (training gathers the tensors from ZeRO first).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ import torch.nn as nn
 
 from megaprompt.backbones import fingerprint
 from megaprompt.errors import UserError
-from megaprompt.export import ExportData, ExportMismatch, check_backbone, read_export
+from megaprompt.export import ExportData, ExportMismatch, check_backbone, read_export, save_export, trainable_state_dict
 from megaprompt.heads import build_head
 from megaprompt.model import PromptedModel, TaskSlot, build_model
 from megaprompt.prompts import PromptConfig, build_prompt
@@ -138,8 +140,29 @@ def attach_export(model: PromptedModel, data: ExportData, tokenizer: Any = None,
     return {t: t for t in data.tasks}
 
 
+def save_model_export(model: PromptedModel, out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor] | None = None,
+                      backbone_fp: str | None = None, tasks: dict[str, dict[str, Any]] | None = None,
+                      extra: dict[str, Any] | None = None) -> Path:
+    """Export ``model``'s trainable tensors (``tensors``: already gathered ones, under ZeRO) with its prompts'
+    configs, each task's head json (kind, num_labels, route, head_type, + ``tasks[name]``) and the backbone
+    fingerprint (computed here when not given: collective under ZeRO-3)."""
+    from megaprompt.heads.verbalizer import VerbalizerHead
+
+    prompts = {name: {**asdict(m.cfg), "layers": list(getattr(m, "layers", []))} for name, m in model.prompts.items()}
+    heads = {}
+    for slot in model.tasks:
+        heads[slot.name] = {"kind": slot.head, "num_labels": slot.num_labels, "label_names": [],
+                            "route": list(model.routes[slot.name]),
+                            "head_type": "verbalizer" if isinstance(model.heads[slot.name], VerbalizerHead) else "linear",
+                            **(tasks or {}).get(slot.name, {})}
+    return save_export(out_dir, trainable_state_dict(model) if tensors is None else tensors, model.spec,
+                       backbone_fp if backbone_fp is not None else fingerprint(model.backbone), model.prompt_cfg.method,
+                       prompts, heads, extra)
+
+
 def load_exports(paths: list[str | os.PathLike], backbone_arg: str | None = None,
-                 dtype: torch.dtype = torch.float32) -> tuple[PromptedModel, list[ExportData], Any]:
+                 dtype: torch.dtype = torch.float32, with_tokenizer: bool = True
+                 ) -> tuple[PromptedModel, list[ExportData], Any]:
     """One backbone and every task of ``paths``: ``(model in eval mode, the exports, tokenizer)``.
 
     The backbone is ``backbone_arg`` or the first export's own record (tiny random backbones from its seed);
@@ -158,7 +181,7 @@ def load_exports(paths: list[str | os.PathLike], backbone_arg: str | None = None
         raise ExportMismatch(f"exports of different methods ({', '.join(sorted(methods))}) cannot share one model")
     verbalizer = any(h.get("head_type") == "verbalizer" for d in datas for h, _ in d.heads.values())
     backbone, _, *mlm = load_backbone(arg, dtype=dtype, seed=datas[0].meta.get("seed", 0), with_mlm_head=verbalizer)
-    tokenizer = load_tokenizer(arg)
+    tokenizer = load_tokenizer(arg) if with_tokenizer or verbalizer else None
     model = build_model(backbone, PromptConfig(method=methods.pop()), [], name=arg)
     fp = fingerprint(backbone)
     for d in datas:
@@ -168,4 +191,4 @@ def load_exports(paths: list[str | os.PathLike], backbone_arg: str | None = None
     return model.eval(), datas, tokenizer
 
 
-__all__ = ["assemble", "attach_export", "init_from_export", "load_exports"]
+__all__ = ["assemble", "attach_export", "init_from_export", "load_exports", "save_model_export"]

@@ -1,14 +1,13 @@
 """Gather the trainable tensors (fp32 master copies under ZeRO) and write the prompt export on rank 0."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from megaprompt.engine.distributed import barrier, is_rank0
-from megaprompt.export import save_export
+from megaprompt.assemble import save_model_export
 from megaprompt.heads.verbalizer import resolve_label_words
 
 
@@ -32,22 +31,16 @@ def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = Non
     tensors = gathered_trainable(run.engine, run.model)
     t, model = run.cfg.train, run.model
     if is_rank0():
-        prompts = {}
-        for name, module in model.prompts.items():
-            prompts[name] = {**asdict(module.cfg), "layers": list(getattr(module, "layers", []))}
         tasks = {}
         for task, entry in zip(run.tasks, run.pre.entries):
             # the verbalizer's MLM head is not exported (frozen, it comes with the backbone): predict rebuilds it
             words = resolve_label_words(t.label_words, task.label_names) if t.head_type == "verbalizer" else None
-            tasks[task.name] = {
-                "kind": task.head, "num_labels": max(len(task.label_names), 1),
-                "label_names": list(task.label_names), "route": model.routes[task.name],
-                "head_type": t.head_type, "label_words": words, "max_seq_len": entry.max_seq_len,
-                # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
-                "null_threshold": getattr(task, "null_threshold", None),
-            }
-        save_export(out_dir, tensors, model.spec, run.fingerprint, run.cfg.prompt.method, prompts, tasks,
-                    # enough to rebuild the model: tiny random backbones are a function of the seed
-                    extra={"backbone_arg": run.cfg.backbone, "seed": t.seed, "max_seq_len": run.pre.entries[0].max_seq_len,
-                           **(extra or {})})
+            tasks[task.name] = {"label_names": list(task.label_names), "label_words": words,
+                                "max_seq_len": entry.max_seq_len,
+                                # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
+                                "null_threshold": getattr(task, "null_threshold", None)}
+        save_model_export(model, out_dir, tensors, run.fingerprint, tasks,
+                          # enough to rebuild the model: tiny random backbones are a function of the seed
+                          extra={"backbone_arg": run.cfg.backbone, "seed": t.seed,
+                                 "max_seq_len": run.pre.entries[0].max_seq_len, **(extra or {})})
     barrier()
