@@ -93,7 +93,7 @@ def gather_prefix(prompts: nn.ModuleDict, routes: list[list[str]], num_layers: i
         mask = None
         if any(n_t < p_max for n_t in lengths):
             mask = torch.zeros(batch, p_max, dtype=torch.bool, device=full.device)
-            for (rows, _), n_t in zip(present, lengths):
+            for (_, rows), n_t in zip(present, lengths):
                 mask[rows if rows is not None else slice(None), :n_t] = True
         if row_mask is not None:
             rm = row_mask.to(device=full.device, dtype=torch.bool)[:, :p_max]
