@@ -211,6 +211,14 @@ def _read_v1(d: Path) -> ExportData:
     return ExportData(d, meta, prompts, {task: (head, head_t)}, backbone_t or None)
 
 
+def flat_tensors(data: ExportData) -> dict[str, torch.Tensor]:
+    """An export's tensors under the model's parameter names (``prompts.<n>.*``, ``heads.<t>.*``, ``backbone.*``)."""
+    out = {f"prompts.{n}.{k}": v for n, (_, t) in data.prompts.items() for k, v in t.items()}
+    out.update({f"heads.{n}.{k}": v for n, (_, t) in data.heads.items() for k, v in t.items()})
+    out.update({f"backbone.{k}": v for k, v in (data.backbone or {}).items()})
+    return out
+
+
 def check_backbone(meta: dict[str, Any], spec: BackboneSpec, fingerprint: str | None = None,
                    where: str = "export") -> None:
     """The export's backbone facts (and weight fingerprint, when both sides have one) against a loaded one."""
@@ -228,9 +236,7 @@ def check_backbone(meta: dict[str, Any], spec: BackboneSpec, fingerprint: str | 
 def upgrade_v1(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Rewrite a version-1 export as version 2 (``python -m megaprompt.export SRC DST``)."""
     data = read_export(src)
-    tensors = {f"prompts.{n}.{k}": v for n, (_, t) in data.prompts.items() for k, v in t.items()}
-    tensors.update({f"heads.{n}.{k}": v for n, (_, t) in data.heads.items() for k, v in t.items()})
-    tensors.update({f"backbone.{k}": v for k, v in (data.backbone or {}).items()})
+    tensors = flat_tensors(data)
     spec = BackboneSpec(**{k: v for k, v in data.meta["backbone"].items() if k != "fingerprint"})
     extra = {k: v for k, v in data.meta.items() if k not in ("format", "version", "method", "backbone", "prompts",
                                                                  "tasks")}

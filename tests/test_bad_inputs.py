@@ -95,9 +95,10 @@ def copy_export(earlier: Path, tmp: Path) -> Path:
 
 def nan_export(earlier: Path, tmp: Path) -> str:
     e = copy_export(earlier, tmp)
-    t = load_file(str(e / "prompt.safetensors"))
-    t["head.out.bias"][0] = float("nan")
-    save_file(t, str(e / "prompt.safetensors"))
+    (head,) = (e / "heads").glob("*.safetensors")
+    t = load_file(str(head))
+    t["out.bias"][0] = float("nan")
+    save_file(t, str(head))
     return str(e)
 
 
@@ -236,7 +237,7 @@ CASES: list[Case] = [
       "writable"),
     T("another-run", ["--lr", "0.5"], "holds outputs of another run (lr: 0.01 there, 0.5 now)"),
     Case("export-only-run", "train", lambda t, e: train_argv(
-        write(t / "x" / "export" / "prompt.json", "{}").parents[1], "--lr", "0.5"),
+        write(t / "x" / "export" / "export.json", "{}").parents[1], "--lr", "0.5"),
         "holds export of an unknown run (no config.yaml)"),
     Case("locked", "train", lambda t, e: [*train_argv(t / "locked"), "--lr", "0.01"], "is in use by another run (host",
          tags=["locked"]),
@@ -258,13 +259,14 @@ CASES: list[Case] = [
         "train.jsonl:1: label 'maybe' is not in the task's label set"),
     T_fresh("batch-cannot-fill", lambda t, e: ["--batch_size", "4096"], "cannot fill one global batch of 4096"),
     # predict
-    Case("predict-no-export", "predict", lambda t, e: ["--export", str(t / "nope")], "prompt.json: missing"),
-    Case("predict-bad-meta", "predict", lambda t, e: ["--export", str(write(copy_export(e, t) / "prompt.json",
+    Case("predict-no-export", "predict", lambda t, e: ["--export", str(t / "nope")], "export.json: missing"),
+    Case("predict-bad-meta", "predict", lambda t, e: ["--export", str(write(copy_export(e, t) / "export.json",
                                                                            "{oops").parent)], "not valid JSON"),
     Case("predict-garbage-tensors", "predict", lambda t, e: ["--export", str(write(
-        copy_export(e, t) / "prompt.safetensors", b"\x80\x04garbage").parent)], "not a safetensors file"),
+        copy_export(e, t) / "prompts" / "shared.safetensors", b"\x80\x04garbage").parents[1])],
+         "not a safetensors file"),
     Case("predict-nan-export", "predict", lambda t, e: ["--export", nan_export(e, t)],
-         "tensor 'head.out.bias' holds NaN or Inf values"),
+         "tensor 'out.bias' holds NaN or Inf values"),
     Case("predict-positions", "predict", lambda t, e: ["--export", str(e / "export"), "--split", "dev",
                                                        "--max_seq_len", "600", "--output_dir", str(t / "p")],
          "max_seq_len 600 = 600 exceeds tiny-bert's 512 positions"),

@@ -104,13 +104,14 @@ class BackboneAdapter:
         return {"use_reentrant": False}
 
     def install(self, model: nn.Module) -> None:
-        """Route the model's attention through the prefix-aware function (idempotent)."""
+        """Route the model's attention through the prefix-aware function (idempotent per model: the tags live
+        on its modules, not on the config, which several models may share)."""
+        if all(hasattr(m, "_mp_layer") for m in self.attention_modules(model)):
+            return
         current = model.config._attn_implementation or "sdpa"
-        if current != ATTN_NAME:
-            # flash kernels take no arbitrary mask; torch SDPA picks a fused kernel on GPU anyway.
-            eager = current == "eager"
-            model.config._attn_implementation = ATTN_NAME
-            self._tag(model, eager)
+        # flash kernels take no arbitrary mask; torch SDPA picks a fused kernel on GPU anyway.
+        model.config._attn_implementation = ATTN_NAME
+        self._tag(model, eager=current == "eager")
 
     def _tag(self, model: nn.Module, eager: bool) -> None:
         for i, module in enumerate(self.attention_modules(model)):

@@ -89,8 +89,8 @@ class DebertaAdapter(BackboneAdapter):
 
     def install(self, model: nn.Module) -> None:
         modules = self.attention_modules(model)
-        if getattr(modules[0], "_mp_layer", None) is not None:
-            return                                                  # already installed
+        if all(hasattr(m, "_mp_layer") for m in modules):
+            return                                                  # already installed on this model
         self._tag(model, eager=True)
         for module in modules:
             module.forward = types.MethodType(_prefix_forward, module)
