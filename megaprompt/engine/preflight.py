@@ -140,6 +140,8 @@ def preflight(cfg: RunConfig) -> Preflight:
         precision = check_precision(t.precision, raw_ds, t.ds_config)
         hf_config = load_config(cfg.backbone)
         entries = d.entries()
+        if t.head_type == "verbalizer" and len(entries) > 1:
+            raise RunError(f"--head_type verbalizer takes one task; got {d.task}")
         own_len = t.task_prompt_len or p.prompt_len if t.prompt_sharing == "shared+task" else 0
         for e in entries:
             check_positions(hf_config, cfg.backbone, e.max_seq_len, p.method, p.prompt_len + own_len)
@@ -152,8 +154,6 @@ def preflight(cfg: RunConfig) -> Preflight:
                 for split in ("train", "dev"):
                     task.require_files(e.data_dir, split)  # presence only: reading comes later, on rank 0 first
             tasks.append(task)
-        if t.head_type == "verbalizer" and len(tasks) > 1:
-            raise RunError(f"--head_type verbalizer takes one task; got {d.task}")
         label_words = check_verbalizer(cfg, tasks[0], hf_config) if t.head_type == "verbalizer" else []
         if t.init_from:
             check_init_from(cfg, hf_config)
