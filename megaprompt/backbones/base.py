@@ -161,8 +161,12 @@ def fingerprint_tensors(tensors: list[torch.Tensor]) -> str:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """Fingerprint of a backbone's weights: its input embeddings and its last parameter (ZeRO-3 aware)."""
+    """Fingerprint of a backbone's weights: its input embeddings and the last parameter of its last layer
+    (ZeRO-3 aware). The last *layer*, not the model's last parameter: a bare model and the base model of a
+    masked-LM checkpoint (the verbalizer's) differ in an optional pooler, not in their layers."""
+    from megaprompt.backbones import get_adapter
+
     emb = model.get_input_embeddings().weight
-    last = list(model.parameters())[-1]
+    last = list(get_adapter(model.config.model_type).layers(model)[-1].parameters())[-1]
     with _gathered([emb, last]):
         return fingerprint_tensors([emb, last])
