@@ -22,14 +22,52 @@ from megaprompt.prompts.config import PromptConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HEAD_TYPES = ("linear", "verbalizer")
+SHARINGS = ("shared", "shared+task")
+MIXINGS = ("proportional", "temperature", "round_robin")
+ENTRY_KEYS = ("data_dir", "max_seq_len", "max_train_examples")
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task of a run: its name, data folder and per-task limits (from --task/--data_dir or a recipe's
+    ``tasks:`` list)."""
+
+    name: str
+    data_dir: str | None = None
+    max_seq_len: int = 128
+    max_train_examples: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
+            raise FieldError("task", f"task={self.name!r}: expected a task name (letters, digits, _ -)")
+        if self.max_seq_len < 8:
+            raise FieldError("task_settings", f"{self.name}: max_seq_len={self.max_seq_len}: expected >= 8")
+        if self.max_train_examples < 0:
+            raise FieldError("task_settings", f"{self.name}: max_train_examples={self.max_train_examples}: expected >= 0")
+
+
+def _pairs(text: str, key: str) -> dict[str, str]:
+    """``a=x,b=y`` -> {a: x, b: y}; one-line errors name ``key``."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise FieldError(key, f"{key}={text!r}: expected NAME=VALUE pairs separated by commas")
+        out[name.strip()] = value.strip()
+    return out
 
 
 @dataclass
 class DataConfig:
     task: str = opt("demo", "data")
-    """Task name (see megaprompt.tasks); ``demo`` is the built-in data set and needs no data_dir."""
+    """Task name (see megaprompt.tasks), or a comma list for multi-task training (``rte,cb,copa,wsc``);
+    ``demo`` is the built-in data set and needs no data_dir."""
     data_dir: str | None = opt(None, "data")
-    """One task's folder, as officially distributed (None: built-in data or a hub dataset when online)."""
+    """One task's folder, as officially distributed (None: built-in data or a hub dataset when online); with
+    several tasks, ``NAME=PATH`` pairs (``rte=data/RTE,cb=data/CB``)."""
+    task_settings: str = opt("", "data")
+    """Per-task overrides, ``NAME:key=value,...;NAME:...`` with keys max_seq_len, max_train_examples (a recipe's
+    ``tasks:`` list is stored here)."""
     max_seq_len: int = opt(128, "data", ge=8)
     """Real-token budget per sequence (pt2 prefixes take no positions; lester prompts take prompt_len)."""
     max_train_examples: int = opt(0, "data", ge=0)
@@ -39,6 +77,44 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        self.entries()            # every per-task value checked now
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.task.split(",")]
+
+    def entries(self) -> list[TaskEntry]:
+        """The run's tasks, in order, with their data folder and limits."""
+        names = self.task_names
+        if len(set(names)) != len(names) or not all(names):
+            raise FieldError("task", f"task={self.task!r}: expected distinct names separated by commas")
+        dirs: dict[str, str] = {}
+        if self.data_dir is not None:
+            if len(names) > 1 or "=" in self.data_dir:
+                dirs = _pairs(self.data_dir, "data_dir")
+                unknown = [n for n in dirs if n not in names]
+                if unknown:
+                    raise FieldError("data_dir", f"data_dir names task {unknown[0]!r}, which is not in "
+                                                 f"task={self.task!r}")
+            else:
+                dirs = {names[0]: self.data_dir}
+        settings: dict[str, dict[str, int]] = {}
+        for part in filter(None, (p.strip() for p in self.task_settings.split(";"))):
+            name, sep, rest = part.partition(":")
+            if not sep or name.strip() not in names:
+                raise FieldError("task_settings", f"task_settings part {part!r}: expected NAME:key=value with NAME "
+                                                  f"one of {', '.join(names)}")
+            for key, value in _pairs(rest, "task_settings").items():
+                if key not in ENTRY_KEYS[1:]:
+                    raise FieldError("task_settings", f"task_settings key {key!r}: expected one of "
+                                                      f"{', '.join(ENTRY_KEYS[1:])}")
+                try:
+                    settings.setdefault(name.strip(), {})[key] = int(value)
+                except ValueError:
+                    raise FieldError("task_settings", f"task_settings {name}:{key}={value!r}: expected int") from None
+        return [TaskEntry(n, dirs.get(n), **{"max_seq_len": self.max_seq_len,
+                                            "max_train_examples": self.max_train_examples, **settings.get(n, {})})
+                for n in names]
 
 
 @dataclass
@@ -102,6 +178,21 @@ class TrainConfig:
     label words at an appended [MASK] (classification tasks, encoders with an MLM head; the ablation)."""
     label_words: str = opt("", "model and prompt")
     """Verbalizer only: comma-separated, one word per label in label order (default: the label names)."""
+    prompt_sharing: str = opt("shared", "multi-task", choices=SHARINGS)
+    """shared: one prompt for every task, a head per task (the paper's MPT-2); shared+task: plus a per-task
+    prompt after the shared one."""
+    task_prompt_len: int = opt(0, "multi-task", ge=0)
+    """Length of each per-task prompt with shared+task (0 = prompt_len)."""
+    mixing: str = opt("proportional", "multi-task", choices=MIXINGS)
+    """Which task each micro-step trains: proportional to the training set sizes, temperature-scaled
+    (size^(1/T)), or round_robin. Every rank runs the same task at each micro-step."""
+    mixing_temperature: float = opt(2.0, "multi-task", ge=1)
+    """T of temperature mixing (1 = proportional; larger flattens towards uniform)."""
+    select_on: str = opt("mean", "multi-task")
+    """Best checkpoint by the mean of the tasks' primary dev metrics, or by one task's (its name)."""
+    init_from: str = opt("", "multi-task")
+    """An export directory whose prompts and heads (those this run shares by name) initialise the run: the
+    multi-task -> single-task continuation. Its prompts are tables, so use --reparam none."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -115,6 +206,8 @@ class TrainConfig:
         if self.label_words and not all(w.strip() for w in self.label_words.split(",")):
             raise FieldError("label_words",
                              f"label_words={self.label_words!r}: expected comma-separated non-empty words")
+        if self.init_from and not os.path.isdir(self.init_from):
+            raise FieldError("init_from", f"init_from={self.init_from!r}: expected an existing export directory")
         if self.resume not in ("auto", "none") and not os.path.isdir(self.resume):
             raise FieldError("resume",
                              f"resume={self.resume!r}: expected auto, none or an existing checkpoint directory")
@@ -136,8 +229,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        names = self.data.task_names
+        if self.train.select_on != "mean" and self.train.select_on not in names:
+            raise FieldError("select_on", f"select_on={self.train.select_on!r}: expected mean or one of "
+                                          f"{', '.join(names)}")
+        if self.train.prompt_sharing != "shared" and not self.prompt.has_prompt:
+            raise FieldError("prompt_sharing", f"prompt_sharing={self.train.prompt_sharing!r} needs a prompt "
+                                               f"method (pt2, lester), not {self.prompt.method}")
+        if self.train.init_from and self.prompt.reparam != "none" and self.prompt.has_prompt:
+            raise FieldError("init_from", "init_from loads materialised prompt tables: use --reparam none")
         if not self.train.output_dir:
-            self.train.output_dir = default_output_dir(self.data.task, self.prompt.method, self.backbone)
+            self.train.output_dir = default_output_dir("+".join(names), self.prompt.method, self.backbone)
 
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backbone": self.backbone}
@@ -250,6 +352,11 @@ def load_recipe(path: str, sources: dict[str, str] | None = None) -> dict[str, A
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     lines = _key_lines(text)
     out = {}
+    if "tasks" in data:
+        where = f"{path}:{lines.get('tasks', '?')}"
+        data = {**{k: v for k, v in data.items() if k != "tasks"}, **_recipe_tasks(data["tasks"], where, data)}
+        for key in ("task", "data_dir", "task_settings"):
+            lines.setdefault(key, lines.get("tasks", 0))
     for key, value in data.items():
         where = f"{path}:{lines[str(key)]}" if str(key) in lines else str(path)
         if key not in FIELDS:
@@ -257,6 +364,37 @@ def load_recipe(path: str, sources: dict[str, str] | None = None) -> dict[str, A
         out[key] = _coerce(key, value, where)
         if sources is not None:
             sources[key] = where
+    return out
+
+
+def _recipe_tasks(value: Any, where: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's ``tasks:`` list (names, or mappings with name, data_dir, max_seq_len, max_train_examples) as
+    the flat keys task, data_dir and task_settings."""
+    for key in ("task", "data_dir", "task_settings"):
+        if key in data:
+            raise ValueError(f"{where}: tasks: and {key}: both given; put {key} into the tasks: entries")
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: tasks: expected a non-empty list of task names or mappings")
+    names, dirs, settings = [], [], []
+    for i, item in enumerate(value):
+        item = {"name": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError(f"{where}: tasks[{i}]: expected a task name or a mapping with name:")
+        unknown = [k for k in item if k not in ("name",) + ENTRY_KEYS]
+        if unknown:
+            raise ValueError(f"{where}: tasks[{i}]: unknown key {unknown[0]!r}"
+                             f"{_suggest(str(unknown[0]), list(ENTRY_KEYS))}")
+        names.append(item["name"])
+        if item.get("data_dir") is not None:
+            dirs.append(f"{item['name']}={item['data_dir']}")
+        sets = [f"{k}={item[k]}" for k in ENTRY_KEYS[1:] if k in item]
+        if sets:
+            settings.append(f"{item['name']}:{','.join(sets)}")
+    out: dict[str, Any] = {"task": ",".join(names)}
+    if dirs:
+        out["data_dir"] = ",".join(dirs)
+    if settings:
+        out["task_settings"] = ";".join(settings)
     return out
 
 

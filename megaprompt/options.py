@@ -22,7 +22,7 @@ from typing import Any
 
 from megaprompt.errors import UserError
 
-GROUPS = ("model and prompt", "data", "training", "DeepSpeed", "outputs")
+GROUPS = ("model and prompt", "data", "training", "multi-task", "DeepSpeed", "outputs")
 
 
 class FieldError(UserError):

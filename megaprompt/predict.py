@@ -3,10 +3,12 @@
     python -m megaprompt.predict --export runs/rte-pt2-minilm/export --data_dir data/RTE --split test
     deepspeed --num_gpus 2 megaprompt/predict.py ...      # each rank predicts a shard; rank 0 writes
 
-The task, the backbone and ``max_seq_len`` are read from the export (``--task`` may name a compatible one).
-The backbone is rebuilt from the export's own record (``backbone_arg``; tiny random backbones from its
-seed) and checked against the export's backbone facts before any tensor is loaded. A verbalizer export
-(``head_type``) gets its MLM head from the backbone checkpoint and the same [MASK] template as training.
+The task, the backbone and ``max_seq_len`` are read from the export; a multi-task export needs ``--task``
+to pick one of its tasks, a single-task export may be used for another task with the same head and labels.
+The model is put together by ``assemble.load_exports`` (the code serving uses too): the backbone from the
+export's own record (``backbone_arg``; tiny random backbones from its seed), checked against the export's
+backbone facts and weight fingerprint before any tensor is loaded. A verbalizer export (``head_type``) gets
+its MLM head from the backbone checkpoint and the same [MASK] template as training.
 
 Outputs go to ``<run>/predictions/<split>/`` by default (or ``--output_dir``): the submission file in the
 benchmark's own format and ``<task>_<split>_metrics.json``. An existing file is never overwritten unless
@@ -32,7 +34,7 @@ from megaprompt.errors import UserError  # noqa: E402
 def parse(argv: list[str] | None) -> Any:
     p = ArgumentParser(prog="megaprompt.predict", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--export", required=True, help="an export directory written by train.py")
-    p.add_argument("--task", help="task name (default: the export's task)")
+    p.add_argument("--task", help="task name (default: the export's task; required when it has several)")
     p.add_argument("--data_dir", help="the task's folder (default: built-in / hub)")
     p.add_argument("--split", default="test", help="train, dev or test (default: test)")
     p.add_argument("--output_dir", help="where predictions go (default: <export>/../predictions/<split>)")
@@ -54,6 +56,8 @@ class Plan:
 
     meta: dict[str, Any]
     task: Any
+    slot: str                 # the export's task whose prompt route and head predict
+    head: dict[str, Any]      # that task's head json
     max_seq_len: int
     out: Path
 
@@ -66,56 +70,58 @@ def check(args: Any) -> Plan:
     from megaprompt.files import check_writable
     from megaprompt.tasks import get_task
 
-    meta, _ = read_export(args.export)
-    task = get_task(args.task or meta["task"], data_dir=args.data_dir)
-    if task.head != meta["head"]["kind"]:
+    data = read_export(args.export)
+    meta = data.meta
+    if args.task in data.heads or (args.task is None and len(data.tasks) == 1):
+        slot = args.task or data.tasks[0]
+    elif len(data.tasks) == 1:
+        slot = data.tasks[0]                  # another task that the export's head fits (checked below)
+    else:
+        raise UserError(f"{args.export} holds tasks {', '.join(data.tasks)}: pass --task with one of them"
+                        if args.task is None else f"--task {args.task}: not in {args.export} (it holds "
+                        f"{', '.join(data.tasks)})")
+    head = data.heads[slot][0]
+    task = get_task(args.task or slot, data_dir=args.data_dir)
+    if task.head != head["kind"]:
         raise UserError(f"--task {task.name} needs a {task.head!r} head but the export has "
-                        f"{meta['head']['kind']!r} (trained on {meta['task']!r})")
-    if meta.get("label_names") and list(task.label_names) != meta["label_names"]:
+                        f"{head['kind']!r} (trained on {slot!r})")
+    if head.get("label_names") and list(task.label_names) != head["label_names"]:
         if task.label_names:    # a fixed label set that differs: this export belongs to another task
             raise UserError(f"--task {task.name} has labels {task.label_names} but the export was trained with "
-                            f"{meta['label_names']}")
-        task = get_task(args.task or meta["task"], data_dir=args.data_dir, label_names=meta["label_names"])
+                            f"{head['label_names']}")
+        task = get_task(args.task or slot, data_dir=args.data_dir, label_names=head["label_names"])
     if args.data_dir is not None:
         task.require_files(args.data_dir, args.split)    # presence only
-    max_seq_len = args.max_seq_len or meta.get("max_seq_len", 128)
-    check_positions(load_config(meta["backbone_arg"]), meta["backbone_arg"], max_seq_len, meta["method"],
-                    meta["prompt"].get("prompt_len", 0))
+    max_seq_len = args.max_seq_len or head.get("max_seq_len") or meta.get("max_seq_len", 128)
+    prompt_len = sum(data.prompts[p][0].get("prompt_len", 0) for p in head.get("route", []))
+    check_positions(load_config(meta["backbone_arg"]), meta["backbone_arg"], max_seq_len, meta["method"], prompt_len)
     out = Path(args.output_dir) if args.output_dir else Path(args.export).resolve().parent / "predictions" / args.split
     check_writable(out, "--output_dir")
     metrics_file = out / f"{task.name}_{args.split}_metrics.json"
     if not args.overwrite and metrics_file.exists():
         raise UserError(f"{metrics_file} exists (predictions of an earlier call): pass --overwrite to replace "
                         f"them, or another --output_dir")
-    return Plan(meta, task, max_seq_len, out)
+    return Plan(meta, task, slot, head, max_seq_len, out)
 
 
 def predict(args: Any) -> dict[str, Any]:
-    from megaprompt.backbones.load import load_backbone, load_tokenizer
+    from megaprompt.assemble import load_exports
     from megaprompt.engine.data import split_outputs
     from megaprompt.engine.distributed import init_distributed, is_rank0, rank0_first, setup_logging
-    from megaprompt.export import load_export
-    from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
-    from megaprompt.model import build_model
-    from megaprompt.prompts import PromptConfig
+    from megaprompt.heads.verbalizer import add_mask_token
     from megaprompt.tasks import load_split
 
     try:
         plan = check(args)
     except ValueError as err:         # unknown task or split, bad export: the message names it
         raise UserError(one_line(err)) from None
-    meta, task = plan.meta, plan.task
-    if meta.get("null_threshold") is not None and hasattr(task, "null_threshold"):
-        task.null_threshold = meta["null_threshold"]
+    task, head = plan.task, plan.head
+    if head.get("null_threshold") is not None and hasattr(task, "null_threshold"):
+        task.null_threshold = head["null_threshold"]
     rank, world, device = init_distributed()
     setup_logging()
-    verbalizer = meta.get("head_type", "linear") == "verbalizer"
-    tokenizer = load_tokenizer(meta["backbone_arg"])
-    backbone, _, *mlm = load_backbone(meta["backbone_arg"], seed=meta.get("seed", 0), with_mlm_head=verbalizer)
-    head = VerbalizerHead.for_words(mlm[0], tokenizer, meta["label_words"]) if verbalizer else None
-    model = build_model(backbone, PromptConfig(**meta["prompt"]), task.head, meta["head"]["num_labels"],
-                        name=meta["backbone_arg"], head=head)
-    load_export(model, args.export)
+    verbalizer = head.get("head_type", "linear") == "verbalizer"
+    model, _, tokenizer = load_exports([args.export])
     model.to(device).eval()
     transform = partial(add_mask_token, tokenizer=tokenizer, max_seq_len=plan.max_seq_len) if verbalizer else None
 
@@ -125,7 +131,7 @@ def predict(args: Any) -> dict[str, Any]:
         except ValueError as err:
             raise UserError(one_line(err)) from None
     split = rank0_first(load)
-    outputs = split_outputs(lambda b: model(**b)["logits"], task.head, split, tokenizer.pad_token_id,
+    outputs = split_outputs(lambda b: model(**b, task=plan.slot)["logits"], task.head, split, tokenizer.pad_token_id,
                             args.batch_size, rank, world, device)
     result: dict[str, Any] = {"task": task.name, "split": args.split, "examples": len(split.examples),
                               "features": len(split)}

@@ -158,3 +158,47 @@ def capture_hidden():
     yield make
     for cap in made:
         cap.remove()
+
+
+class PrefixCapture:
+    """Records, per attention call, the prefix that layer read (``layer_prefix(module, kwargs)``): what the
+    model really passed to the layers in that forward (an observer, not a stand-in)."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        from megaprompt.backbones import get_adapter
+
+        self.calls: list[tuple[int, Any]] = []
+        self.handles = [m.register_forward_pre_hook(self._hook(i), with_kwargs=True)
+                        for i, m in enumerate(get_adapter(backbone.config.model_type).attention_modules(backbone))]
+
+    def _hook(self, layer: int):
+        def hook(module, args, kwargs):
+            from megaprompt.backbones import layer_prefix
+            self.calls.append((layer, layer_prefix(module, kwargs)))
+        return hook
+
+    def last(self) -> list[Any]:
+        """Per layer, the (key, value, mask) of the most recent call (None: that layer got no prefix)."""
+        out: dict[int, Any] = {}
+        for layer, prefix in self.calls:
+            out[layer] = prefix
+        return [out.get(i) for i in range(max(out) + 1)] if out else []
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.fixture
+def capture_prefix():
+    """``capture_prefix(backbone)`` -> a ``PrefixCapture``; hooks are removed after the test."""
+    made: list[PrefixCapture] = []
+
+    def make(backbone: torch.nn.Module) -> PrefixCapture:
+        cap = PrefixCapture(backbone)
+        made.append(cap)
+        return cap
+
+    yield make
+    for cap in made:
+        cap.remove()

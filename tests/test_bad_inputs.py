@@ -95,9 +95,10 @@ def copy_export(earlier: Path, tmp: Path) -> Path:
 
 def nan_export(earlier: Path, tmp: Path) -> str:
     e = copy_export(earlier, tmp)
-    t = load_file(str(e / "prompt.safetensors"))
-    t["head.out.bias"][0] = float("nan")
-    save_file(t, str(e / "prompt.safetensors"))
+    (head,) = (e / "heads").glob("*.safetensors")
+    t = load_file(str(head))
+    t["out.bias"][0] = float("nan")
+    save_file(t, str(head))
     return str(e)
 
 
@@ -170,6 +171,29 @@ CASES: list[Case] = [
     T("unknown-flag", ["--prompt_lenght", "4"], "unknown flag --prompt_lenght; did you mean 'prompt_len'?"),
     T("label-words-linear", ["--label_words", "a,b"], "label_words only applies to --head_type verbalizer"),
     T("resume-missing-dir", ["--resume", "/nonexistent/ckpt"], "resume='/nonexistent/ckpt': expected auto, none"),
+    # multi-task: task lists, per-task data dirs and settings, sharing, mixing, selection, continuation
+    T("tasks-duplicate", ["--task", "demo,demo"], "task='demo,demo': expected distinct names"),
+    T("data-dir-pairs", ["--task", "demo,rte", "--data_dir", "demo"], "data_dir='demo': expected NAME=VALUE pairs"),
+    T("data-dir-unknown-task", ["--task", "demo,rte", "--data_dir", "cb=/x"], "data_dir names task 'cb', which is not"),
+    T("task-settings-key", ["--task_settings", "demo:max_len=3"], "task_settings key 'max_len': expected one of"),
+    T("task-settings-small", ["--task_settings", "demo:max_seq_len=4"], "demo: max_seq_len=4: expected >= 8"),
+    T("mixing-unknown", ["--mixing", "random"], "mixing='random': expected one of proportional, temperature"),
+    T("mixing-temperature", ["--mixing_temperature", "0.5"], "mixing_temperature=0.5: expected >= 1"),
+    T("sharing-unknown", ["--prompt_sharing", "task"], "prompt_sharing='task': expected one of shared, shared+task"),
+    T("sharing-without-prompt", ["--prompt_sharing", "shared+task", "--method", "head"],
+      "prompt_sharing='shared+task' needs a prompt method"),
+    T("select-on-unknown", ["--select_on", "rte"], "select_on='rte': expected mean or one of demo"),
+    T("init-from-missing", ["--init_from", "/nonexistent/export"], "init_from='/nonexistent/export': expected an"),
+    T("init-from-mlp", lambda t, e: ["--init_from", str(e / "export"), "--reparam", "mlp"],
+      "init_from loads materialised prompt tables: use --reparam none"),
+    T_fresh("init-from-other-method", lambda t, e: ["--init_from", str(e / "export"), "--method", "lester"],
+            "method pt2 in the export, lester in this run"),
+    T("verbalizer-multi-task", ["--task", "demo,rte", "--head_type", "verbalizer"],
+      "--head_type verbalizer takes one task; got demo,rte"),
+    T("recipe-tasks-not-list", recipe("tasks: rte\n"), "r.yaml:1: tasks: expected a non-empty list"),
+    T("recipe-tasks-bad-key", recipe("tasks:\n  - name: demo\n    max_seq_length: 64\n"),
+      "r.yaml:1: tasks[0]: unknown key 'max_seq_length'; did you mean 'max_seq_len'?"),
+    T("recipe-tasks-and-task", recipe("task: demo\ntasks: [demo]\n"), "tasks: and task: both given"),
     # recipes: every error names file:line
     T("recipe-missing", ["--recipe", "/nonexistent.yaml"], "--recipe /nonexistent.yaml: no such file"),
     T("recipe-bad-yaml", recipe("lr: [1,\n"), "r.yaml:2: invalid YAML"),
@@ -236,7 +260,7 @@ CASES: list[Case] = [
       "writable"),
     T("another-run", ["--lr", "0.5"], "holds outputs of another run (lr: 0.01 there, 0.5 now)"),
     Case("export-only-run", "train", lambda t, e: train_argv(
-        write(t / "x" / "export" / "prompt.json", "{}").parents[1], "--lr", "0.5"),
+        write(t / "x" / "export" / "export.json", "{}").parents[1], "--lr", "0.5"),
         "holds export of an unknown run (no config.yaml)"),
     Case("locked", "train", lambda t, e: [*train_argv(t / "locked"), "--lr", "0.01"], "is in use by another run (host",
          tags=["locked"]),
@@ -267,13 +291,14 @@ CASES: list[Case] = [
          "label": True}) + "\n")], "train.jsonl:1: malformed record (ValueError"),
     T_fresh("batch-cannot-fill", lambda t, e: ["--batch_size", "4096"], "cannot fill one global batch of 4096"),
     # predict
-    Case("predict-no-export", "predict", lambda t, e: ["--export", str(t / "nope")], "prompt.json: missing"),
-    Case("predict-bad-meta", "predict", lambda t, e: ["--export", str(write(copy_export(e, t) / "prompt.json",
+    Case("predict-no-export", "predict", lambda t, e: ["--export", str(t / "nope")], "export.json: missing"),
+    Case("predict-bad-meta", "predict", lambda t, e: ["--export", str(write(copy_export(e, t) / "export.json",
                                                                            "{oops").parent)], "not valid JSON"),
     Case("predict-garbage-tensors", "predict", lambda t, e: ["--export", str(write(
-        copy_export(e, t) / "prompt.safetensors", b"\x80\x04garbage").parent)], "not a safetensors file"),
+        copy_export(e, t) / "prompts" / "shared.safetensors", b"\x80\x04garbage").parents[1])],
+         "not a safetensors file"),
     Case("predict-nan-export", "predict", lambda t, e: ["--export", nan_export(e, t)],
-         "tensor 'head.out.bias' holds NaN or Inf values"),
+         "tensor 'out.bias' holds NaN or Inf values"),
     Case("predict-positions", "predict", lambda t, e: ["--export", str(e / "export"), "--split", "dev",
                                                        "--max_seq_len", "600", "--output_dir", str(t / "p")],
          "max_seq_len 600 = 600 exceeds tiny-bert's 512 positions"),

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from megaprompt.model import PromptedModel, build_model
 from megaprompt.prompts import PromptConfig
 
-HEAD = {"head.out.weight", "head.out.bias"}
+HEAD = {"heads.task.out.weight", "heads.task.out.bias"}
 EXPECTED_TRAINABLE = {
-    ("pt2", "none"): {"prompt.table"} | HEAD,
-    ("pt2", "mlp"): {"prompt.embedding", "prompt.mlp.0.weight", "prompt.mlp.0.bias", "prompt.mlp.2.weight",
-                     "prompt.mlp.2.bias"} | HEAD,
-    ("lester", "none"): {"prompt.embedding"} | HEAD,
+    ("pt2", "none"): {"prompts.shared.table"} | HEAD,
+    ("pt2", "mlp"): {"prompts.shared.embedding", "prompts.shared.mlp.0.weight", "prompts.shared.mlp.0.bias",
+                     "prompts.shared.mlp.2.weight", "prompts.shared.mlp.2.bias"} | HEAD,
+    ("lester", "none"): {"prompts.shared.embedding"} | HEAD,
     ("head", "none"): HEAD,
 }
 
@@ -46,7 +46,8 @@ def test_ft_trains_everything(tiny, family):
     names = {n for n, _ in model.named_parameters()}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == names
     assert HEAD <= names and any(n.startswith("backbone.") for n in names)
-    assert model.prompt is None and model.holder is None
+    assert model.prompt is None and len(model.prompts) == 0
+    assert not any(hasattr(m, "_mp_layer") for m in model.adapter.attention_modules(model.backbone))
 
 
 def test_configure_trainable_resets_frozen_state(tiny):
@@ -86,20 +87,27 @@ def test_pooled_token_is_the_last_real_token_for_decoders(tiny, decoder_family):
     torch.testing.assert_close(left, alone, rtol=0, atol=1e-5)
 
 
-def test_prefix_state_is_kept_after_forward_for_checkpoint_recompute(tiny):
+def test_prefix_is_passed_per_call_and_no_state_is_left_on_the_model(tiny, capture_prefix):
+    """The layers read the prefix of *this* call (its mask too); nothing of it stays on the model or backbone
+    (the old mailbox would let a second model on the same backbone take over the first one's attention)."""
     model = build(tiny, "llama", "pt2").eval()
+    before = set(vars(model)) | set(vars(model.backbone))
+    cap = capture_prefix(model.backbone)
     ids = tiny.ids(2, 4)
     with torch.no_grad():
         model(ids, torch.ones_like(ids))
-    state = model.holder.state
-    assert state is not None and len(state.kv) == 2 and state.mask is None
+    first = cap.last()
+    assert len(first) == 2 and all(k.shape[0] == 2 and m is None for k, _, m in first)
     pm = torch.tensor([[True, False, True], [True, True, True]])
     with torch.no_grad():
         model(ids, torch.ones_like(ids), prefix_mask=pm)
-    assert model.holder.state is not state and torch.equal(model.holder.state.mask, pm)
+    assert all(torch.equal(m, pm) for _, _, m in cap.last())
+    assert set(vars(model)) | set(vars(model.backbone)) == before
+    from megaprompt.backbones.attention import _CALL_PREFIX
+    assert _CALL_PREFIX.get() is None
 
 
-def test_prefix_dropout_is_active_in_training_only(tiny):
+def test_prefix_dropout_is_active_in_training_only(tiny, capture_prefix):
     """Eval: the prefix the layers read is the table itself. Training: entries are dropped per example and the
     survivors scaled by 1/(1-p), and that dropped prefix is what the layers read (one draw per forward)."""
     model = build_model(tiny.backbone("bert"), PromptConfig(method="pt2", prompt_len=3, prefix_dropout=0.5),
@@ -108,12 +116,13 @@ def test_prefix_dropout_is_active_in_training_only(tiny):
     mask = torch.ones_like(ids)
     spec = model.spec
     table = model.prompt.table.detach().view(3, spec.num_layers, 2, spec.num_kv_heads, spec.head_dim)
+    cap = capture_prefix(model.backbone)
     for mode in ("eval", "train"):
         getattr(model, mode)()
         torch.manual_seed(0)
         with torch.no_grad():
             model(ids, mask)
-        key = model.holder.state.kv[0][0]          # layer 0's key prefix, as this forward gave it to the layers
+        key = cap.last()[0][0]                     # layer 0's key prefix, as this forward gave it to the layers
         clean = table[:, 0, 0].transpose(0, 1).expand_as(key)                # (B, kv heads, P, head_dim)
         if mode == "eval":
             torch.testing.assert_close(key, clean, rtol=0, atol=0)

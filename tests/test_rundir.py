@@ -99,24 +99,24 @@ def test_identity_covers_an_export_without_checkpoints(tmp_path, capfd):
     assert train(args(out, "--max_steps", "2")) == 0
     import shutil
     shutil.rmtree(out / "checkpoints")
-    before = (out / "export" / "prompt.safetensors").read_bytes(), (out / "config.yaml").read_text()
+    before = (out / "export" / "prompts" / "shared.safetensors").read_bytes(), (out / "config.yaml").read_text()
     capfd.readouterr()
     assert train(args(out, "--max_steps", "2", "--warmup_ratio", "0.2")) == 2
     assert "holds outputs of another run (warmup_ratio: 0.1 there, 0.2 now)" in capfd.readouterr().err
-    assert ((out / "export" / "prompt.safetensors").read_bytes(), (out / "config.yaml").read_text()) == before
+    assert ((out / "export" / "prompts" / "shared.safetensors").read_bytes(), (out / "config.yaml").read_text()) == before
 
 
 def test_resume_none_sets_everything_aside_config_included(tmp_path):
     out = tmp_path / "run"
     assert train(args(out, "--max_steps", "2", "--lr", "0.5")) == 0
-    old_export = (out / "export" / "prompt.safetensors").read_bytes()
+    old_export = (out / "export" / "prompts" / "shared.safetensors").read_bytes()
     assert train(args(out, "--max_steps", "2", "--resume", "none")) == 0
     aside = sorted(out.glob("previous-*"))
     assert len(aside) == 1
     moved = {p.name for p in aside[0].iterdir()}
     assert {"config.yaml", "train.log", "checkpoints", "export", "metrics.json", "tb"} <= moved
     assert yaml.safe_load((aside[0] / "config.yaml").read_text())["lr"] == 0.5
-    assert (aside[0] / "export" / "prompt.safetensors").read_bytes() == old_export
+    assert (aside[0] / "export" / "prompts" / "shared.safetensors").read_bytes() == old_export
     assert yaml.safe_load((out / "config.yaml").read_text())["lr"] == 0.01
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from megaprompt.errors import UserError
-from megaprompt.backbones.attention import ATTN_NAME, PrefixHolder, PrefixState
-from megaprompt.backbones.base import BackboneAdapter, BackboneSpec, spec_from_config
+from megaprompt.backbones.attention import ATTN_NAME, PREFIX_KWARG, PrefixState, layer_prefix
+from megaprompt.backbones.base import BackboneAdapter, BackboneSpec, fingerprint, fingerprint_tensors, spec_from_config
 from megaprompt.backbones.bert import BertAdapter
 from megaprompt.backbones.deberta import DebertaAdapter
 from megaprompt.backbones.decoder import DecoderAdapter
@@ -35,6 +35,7 @@ def is_decoder_type(model_type: str) -> bool:
 
 
 __all__ = [
-    "ATTN_NAME", "BackboneAdapter", "BackboneSpec", "PrefixHolder", "PrefixState", "SUPPORTED_MODEL_TYPES",
-    "UnsupportedBackbone", "get_adapter", "is_decoder_type", "spec_from_config",
+    "ATTN_NAME", "PREFIX_KWARG", "BackboneAdapter", "BackboneSpec", "PrefixState", "SUPPORTED_MODEL_TYPES",
+    "UnsupportedBackbone", "fingerprint", "fingerprint_tensors", "get_adapter", "is_decoder_type", "layer_prefix",
+    "spec_from_config",
 ]

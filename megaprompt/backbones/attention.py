@@ -15,15 +15,22 @@ which puts the prefix keys/values of *that* layer in front of the real ones so e
 the explicit-mask reference) is ``kernels.choose_kernel``'s decision; the mask hook (``described_mask``)
 hands the kernels a ``KeyPadding`` description instead of a materialised (B, 1, L, L) mask.
 
-Where a prefix comes from: each attention module is tagged by the backbone adapter with ``_mp_holder`` (a
-``PrefixHolder`` shared by the whole model) and ``_mp_layer`` (its layer index). ``PromptedModel.forward``
-stores the current ``PrefixState`` in the holder. The state is deliberately *not* cleared after forward:
-under activation checkpointing the layer is re-run during backward and must see the very same tensors.
+Where a prefix comes from: the prefix is an argument of each call, never state owned by a model. The adapter
+passes a ``PrefixState`` to the backbone's forward as the keyword ``megaprompt_prefix`` (``PREFIX_KWARG``);
+transformers 5 forwards ``**kwargs`` from the model through every layer to the attention function, so each
+attention call reads its own layer's slice with ``layer_prefix(module, kwargs)`` (the adapter tags every
+attention module with ``_mp_layer``, its layer index). Families without that kwargs path (DeBERTa-v2) read
+the contextvar ``_CALL_PREFIX`` that their adapter sets around the call. Gradient checkpointing re-runs a
+layer with the very kwargs (or, via a checkpoint ``context_fn``, the contextvar) of the first run, so the
+recompute sees the same tensors. Two ``PromptedModel``s on one backbone therefore never interfere. Any
+attention kernel (eager, SDPA, fused) gets its prefix through ``layer_prefix`` only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers.masking_utils import (AttentionMaskInterface, bidirectional_mask_function, causal_mask_function,
@@ -35,37 +42,52 @@ from megaprompt.backbones.kernels import KeyPadding, attend
 ATTN_NAME = "megaprompt"
 
 
+PREFIX_KWARG = "megaprompt_prefix"
+
+
 @dataclass
 class PrefixState:
-    """Prefix tensors for one forward pass.
+    """Prefix tensors for one forward pass, per backbone layer.
 
-    kv[i] is ``(key, value)`` for backbone layer i, each ``(B, kv_heads, P, head_dim)``, or None for layers
-    without a prompt (``prompt_layers`` subset). ``mask`` is ``(B, P)`` bool, True = attend (None = all).
+    ``kv[i]`` is ``(key, value)`` for layer i, each ``(B, kv_heads, P_i, head_dim)``, or None for a layer no
+    row prompts. ``mask[i]`` is ``(B, P_i)`` bool, True = attend, or None = every slot visible to every row.
+    Per-layer masks let rows with different prompt lengths or ``prompt_layers`` share one batch.
     """
 
     kv: list[tuple[torch.Tensor, torch.Tensor] | None]
-    mask: torch.Tensor | None = None
+    mask: list[torch.Tensor | None]
 
 
-@dataclass
-class PrefixHolder:
-    """Per-model mailbox between ``PromptedModel.forward`` and the patched attention modules."""
-
-    state: PrefixState | None = None
-    # The implementation the backbone used before we took over: "eager" keeps returning weights.
-    inner: str = "sdpa"
-    extra: dict[str, Any] = field(default_factory=dict)
+# The prefix of the current call, for attention modules that get no kwargs (DeBERTa-v2).
+_CALL_PREFIX: contextvars.ContextVar[PrefixState | None] = contextvars.ContextVar("megaprompt_prefix", default=None)
 
 
-def layer_prefix(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(key, value, mask) for the layer of ``module``, or None when this layer gets no prefix."""
-    holder: PrefixHolder | None = getattr(module, "_mp_holder", None)
-    if holder is None or holder.state is None:
+@contextlib.contextmanager
+def call_prefix(state: PrefixState | None) -> Iterator[None]:
+    """Make ``state`` the prefix of the calls inside the block (and restore the outer one after)."""
+    token = _CALL_PREFIX.set(state)
+    try:
+        yield
+    finally:
+        _CALL_PREFIX.reset(token)
+
+
+def layer_prefix(module: torch.nn.Module, kwargs: dict[str, Any] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(key, value, mask) of this call for the layer of ``module``, or None when the layer gets no prefix.
+
+    The one place every attention kernel reads its prefix from: the call's kwargs first, else the contextvar.
+    """
+    layer = getattr(module, "_mp_layer", None)
+    if layer is None:
         return None
-    kv = holder.state.kv[module._mp_layer]
-    if kv is None:
+    state = (kwargs or {}).get(PREFIX_KWARG)
+    if state is None:
+        state = _CALL_PREFIX.get()
+    if state is None or state.kv[layer] is None:
         return None
-    return kv[0], kv[1], holder.state.mask
+    key, value = state.kv[layer]
+    return key, value, state.mask[layer]
 
 
 def prefix_attention_forward(
@@ -80,13 +102,13 @@ def prefix_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention over [prefix ; real] keys. Returns ``(B, Lq, H, d)`` like transformers' own functions."""
-    holder: PrefixHolder | None = getattr(module, "_mp_holder", None)
-    prefix = layer_prefix(module)
+    prefix = layer_prefix(module, kwargs)
     if isinstance(attention_mask, KeyPadding):
         causal = attention_mask.causal
     else:
         causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
-    need_weights = bool((holder is not None and holder.inner == "eager") or kwargs.get("output_attentions"))
+    # eager backbones (and output_attentions) keep returning weights: the explicit-mask reference path
+    need_weights = bool(getattr(module, "_mp_eager", False) or kwargs.get("output_attentions"))
     out, weights = attend(query, key, value, None if prefix is None else prefix[:2],
                           None if prefix is None else prefix[2], attention_mask, causal, scaling, dropout,
                           module.training, need_weights)

@@ -9,15 +9,21 @@ relative-position bias (He et al., 2021, Eq. 2 applies to token pairs only). Unl
 asked for (or probability dropout is active), the softmax runs on SDPA with the relative-position bias and
 the mask as an additive bias (kernel "sdpa"); the explicit path is the reference. DeBERTa builds its
 (B, 1, L, L) mask and (B, H, L, L) bias itself, so no kernel can avoid those here.
+
+The module's forward gets no ``**kwargs``, so the per-call prefix reaches it through the contextvar that
+``forward`` below sets around the call (``attention.call_prefix``); under gradient checkpointing a
+``context_fn`` sets the same prefix again around the recompute.
 """
 from __future__ import annotations
 
+import contextlib
 import types
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from megaprompt.backbones.attention import PrefixHolder, layer_prefix
+from megaprompt.backbones.attention import _CALL_PREFIX, PrefixState, call_prefix, layer_prefix
 from megaprompt.backbones.base import BackboneAdapter
 from megaprompt.backbones.kernels import KERNEL_CALLS, attention_kernels
 
@@ -40,7 +46,7 @@ def _prefix_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask
         rel = self.disentangled_attention_bias(q, k, relative_pos, self.pos_dropout(rel_embeddings), scale_factor)
     bsz, q_len, k_len, d = q.size(0) // heads, q.size(-2), k.size(-2), q.size(-1)
     mask = attention_mask.bool()                                    # (B, 1, Lq, Lk)
-    prefix = layer_prefix(self)
+    prefix = layer_prefix(self)                                     # the call's prefix (contextvar)
     p_len = 0
     if prefix is not None:
         pk, pv, pmask = prefix                                      # (B, H, P, d)
@@ -79,16 +85,38 @@ def _prefix_forward(self: nn.Module, hidden_states: torch.Tensor, attention_mask
     return (ctx, probs if output_attentions else None)
 
 
+def _recompute_context() -> tuple[Any, Any]:
+    """Checkpoint ``context_fn``: the recompute of a layer (during backward, outside ``forward``'s block)
+    sees the prefix its first run saw."""
+    return contextlib.nullcontext(), call_prefix(_CALL_PREFIX.get())
+
+
 class DebertaAdapter(BackboneAdapter):
     model_types = ("deberta-v2",)
+    mlm_model_types = ("deberta-v2",)
     is_decoder = False
 
-    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
-        return [layer.attention.self for layer in model.encoder.layer]
+    def layers(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.encoder.layer)
 
-    def install(self, model: nn.Module) -> PrefixHolder:
-        holder = PrefixHolder(inner="eager")
-        self._tag(model, holder)
-        for module in self.attention_modules(model):
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [layer.attention.self for layer in self.layers(model)]
+
+    def has_mlm_head(self, config: Any) -> bool:
+        # non-legacy DeBERTa-v2 heads take the word embeddings as a second forward argument: not supported
+        return super().has_mlm_head(config) and getattr(config, "legacy", True)
+
+    def checkpoint_kwargs(self) -> dict[str, Any]:
+        return {"use_reentrant": False, "context_fn": _recompute_context}
+
+    def install(self, model: nn.Module) -> None:
+        modules = self.attention_modules(model)
+        if all(hasattr(m, "_mp_layer") for m in modules):
+            return                                                  # already installed on this model
+        self._tag(model, eager=True)
+        for module in modules:
             module.forward = types.MethodType(_prefix_forward, module)
-        return holder
+
+    def forward(self, model: nn.Module, prefix: PrefixState | None, **inputs: Any) -> Any:
+        with call_prefix(prefix):
+            return model(**inputs)

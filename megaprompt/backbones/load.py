@@ -138,9 +138,8 @@ def load_backbone(name: str, dtype: torch.dtype = torch.float32, seed: int = 0,
     if not with_mlm_head:
         model = AutoModel.from_pretrained(path, dtype=dtype, **kw)
         return model, config
-    from megaprompt.heads.verbalizer import mlm_head_of
     mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kw)
-    head = mlm_head_of(mlm_model)
+    head = get_adapter(config.model_type).mlm_head(mlm_model)
     missing = _reinit_missing(mlm_model, head, info["missing_keys"], seed)
     if missing and name not in TINY_CONFIGS:
         logger.warning("--backbone %s has no trained MLM head weights (%d missing, e.g. %s): the verbalizer "

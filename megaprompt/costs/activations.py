@@ -133,12 +133,6 @@ def _patched(fused_attention: bool, zero3_linear: bool) -> Iterator[None]:
         mu._ignore_causal_mask_sdpa, mu._ignore_bidirectional_mask_sdpa = saved["c"], saved["b"]
 
 
-def _layers(backbone: nn.Module) -> list[nn.Module]:
-    if hasattr(backbone, "layers"):
-        return list(backbone.layers)
-    return list(backbone.encoder.layer)
-
-
 def _sid(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
@@ -151,7 +145,7 @@ def measure(model: nn.Module, batch_size: int, seq_len: int, dtype: str = "bf16"
     param_sids = {_sid(p) for p in model.parameters()}
     param_impls = {p._cdata for p in model.parameters()}
     prof = ActivationProfile()
-    layers = _layers(model.backbone)
+    layers = model.adapter.layers(model.backbone)
     prof.per_layer = [0] * len(layers)
     prof.layer_inputs = [0] * len(layers)
     prof.saved_weights = [0] * len(layers)
@@ -194,7 +188,7 @@ def measure(model: nn.Module, batch_size: int, seq_len: int, dtype: str = "bf16"
         return t
 
     spec = model.spec
-    tokens = seq_len + (model.prompt.prompt_len if getattr(model.prompt, "kind", "") == "input" else 0)
+    tokens = seq_len + sum(p.prompt_len for p in model.prompts.values() if getattr(p, "kind", "") == "input")
     if spec.max_positions and not spec.is_decoder and tokens > spec.max_positions:
         from megaprompt.costs.params import CostInputError
         raise CostInputError(f"seq_len {seq_len}{' + prompt_len' if tokens > seq_len else ''} = {tokens} tokens "

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from megaprompt.accounting import ParamCount, count_parameters
+from megaprompt.assemble import assemble
+from megaprompt.backbones import fingerprint
 from megaprompt.backbones.load import TINY_CONFIGS, load_backbone, load_tokenizer, tiny_checkpoint
 from megaprompt.cli import one_line
 from megaprompt.config import RunConfig
@@ -35,7 +37,7 @@ from megaprompt.engine.distributed import (any_true, barrier, init_deepspeed_com
                                            rank0_first, setup_logging)
 from megaprompt.engine.preflight import Preflight, RunError, preflight
 from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
-from megaprompt.model import PromptedModel, build_model
+from megaprompt.model import PromptedModel, TaskSlot
 from megaprompt.rundir import RunDirError, RunDirLock, earlier_outputs, set_aside, write_config
 from megaprompt.tasks import EncodedSplit, load_split
 
@@ -48,10 +50,10 @@ class Run:
     rank: int
     world: int
     device: torch.device
-    task: Any
+    tasks: list[Any]                 # task objects, in config order (task index = position)
     tokenizer: Any
-    train: EncodedSplit
-    dev: EncodedSplit
+    trains: list[EncodedSplit]       # per task
+    devs: list[EncodedSplit]         # per task
     model: PromptedModel
     engine: Any
     ds_config: dict[str, Any]
@@ -61,7 +63,21 @@ class Run:
     out: Path
     pre: Preflight
     lock: RunDirLock | None
+    fingerprint: str = ""                                  # of the backbone's weights, recorded in exports
     keep_alive: list[Any] = field(default_factory=list)   # HfDeepSpeedConfig must outlive model building
+
+    # single-task views (the T=1 case)
+    @property
+    def task(self) -> Any:
+        return self.tasks[0]
+
+    @property
+    def train(self) -> EncodedSplit:
+        return self.trains[0]
+
+    @property
+    def dev(self) -> EncodedSplit:
+        return self.devs[0]
 
 
 def fork_leftovers(out: Path, fork: Path) -> list[Path]:
@@ -78,7 +94,9 @@ def fork_leftovers(out: Path, fork: Path) -> list[Path]:
     later = [p for p in ckpt_dir.iterdir()
              if (m := ckpt.TAG_RE.match(p.name)) and int(m.group(1)) > step]
     leftovers = later + [ckpt_dir / ckpt.HEAD, out / "metrics.json", out / "tb"]
-    meta = out / "export" / "prompt.json"
+    meta = out / "export" / "export.json"
+    if not meta.is_file():
+        meta = out / "export" / "prompt.json"       # a version-1 export
     try:
         export_step = json.loads(meta.read_text(encoding="utf-8")).get("step") if meta.is_file() else None
     except (ValueError, OSError):
@@ -129,34 +147,41 @@ def build(cfg: RunConfig) -> Run:
     for note in notes:
         log.warning("%s", note)
     t, d, p = cfg.train, cfg.data, cfg.prompt
-    task, raw_ds, precision, label_words = pre.task, pre.raw_ds, pre.precision, pre.label_words
+    tasks, raw_ds, precision, label_words = pre.tasks, pre.raw_ds, pre.precision, pre.label_words
     verbalizer = t.head_type == "verbalizer"
     on_cpu = device.type == "cpu"
 
     # ---- data: rank 0 reads and tokenizes first (filling the feature cache), then the others read the cache --
     t0 = time.time()
-    log.info("reading and tokenizing %s (train, dev) with %s's tokenizer", task.name, cfg.backbone)
+    names = ", ".join(task.name for task in tasks)
+    log.info("reading and tokenizing %s (train, dev) with %s's tokenizer", names, cfg.backbone)
     tokenizer = load_tokenizer(cfg.backbone)
-    limits = {"train": d.max_train_examples, "dev": d.max_eval_examples}
 
-    # the verbalizer's "<text> [SEP] <pair> [MASK] [SEP]" is a transform of the encoded features (cached apart)
-    transform = partial(add_mask_token, tokenizer=tokenizer, max_seq_len=d.max_seq_len) if verbalizer else None
+    def load_splits() -> list[dict[str, EncodedSplit]]:
+        out = []
+        for task, entry in zip(tasks, pre.entries):
+            # the verbalizer's "<text> [SEP] <pair> [MASK] [SEP]": a transform of the features (cached apart)
+            transform = partial(add_mask_token, tokenizer=tokenizer, max_seq_len=entry.max_seq_len) \
+                if verbalizer else None
+            limits = {"train": entry.max_train_examples, "dev": d.max_eval_examples}
+            try:   # limits cut examples, not features: QA windows of one question stay together
+                out.append({split: load_split(task, entry.data_dir, split, tokenizer, entry.max_seq_len,
+                                              limit=limits[split], transform=transform)
+                            for split in ("train", "dev")})
+            except (ValueError, OSError) as err:
+                raise RunError(one_line(err)) from None
+        return out
 
-    def load_splits() -> dict[str, EncodedSplit]:
-        try:   # limits cut examples, not features: QA windows of one question stay together
-            return {split: load_split(task, d.data_dir, split, tokenizer, d.max_seq_len, limit=limits[split],
-                                      transform=transform) for split in ("train", "dev")}
-        except (ValueError, OSError) as err:
-            raise RunError(one_line(err)) from None
-
-    splits = rank0_first(load_splits)    # rank 0 builds the Arrow cache; the others then memory-map it
-    train, dev = splits["train"], splits["dev"]
-    log.info("data: %d train / %d dev features of %s (%.1f s)", len(train), len(dev), task.name, time.time() - t0)
+    loaded = rank0_first(load_splits)    # rank 0 builds the Arrow caches; the others then memory-map them
+    trains, devs = [s["train"] for s in loaded], [s["dev"] for s in loaded]
+    log.info("data: %s train / %s dev features of %s (%.1f s)", "+".join(str(len(x)) for x in trains),
+             "+".join(str(len(x)) for x in devs), names, time.time() - t0)
     global_batch = t.batch_size * t.grad_accum * world
-    steps_per_epoch = len(train) // global_batch
-    if steps_per_epoch == 0:
-        raise RunError(f"{len(train)} training features cannot fill one global batch of {global_batch} "
-                       f"(batch_size {t.batch_size} x grad_accum {t.grad_accum} x {world} ranks)")
+    small = [(task.name, len(x)) for task, x in zip(tasks, trains) if len(x) < global_batch]
+    if small:
+        raise RunError(f"{small[0][0]}: {small[0][1]} training features cannot fill one global batch of "
+                       f"{global_batch} (batch_size {t.batch_size} x grad_accum {t.grad_accum} x {world} ranks)")
+    steps_per_epoch = sum(len(x) for x in trains) // global_batch
     total_steps = t.max_steps or max(1, int(math.ceil(t.epochs * steps_per_epoch)))
     try:
         ds_config = dsc.fill_ds_config(raw_ds, cfg, world, total_steps, precision, on_cpu, t.ds_config)
@@ -172,20 +197,25 @@ def build(cfg: RunConfig) -> Run:
     if cfg.backbone in TINY_CONFIGS:   # write the random-init checkpoint before ZeRO-3 hooks are armed
         tiny_checkpoint(cfg.backbone, t.seed)
     barrier()
-    if dsc.zero_stage(ds_config) == 3:
+    zero3 = dsc.zero_stage(ds_config) == 3
+    if zero3:
         from transformers.integrations import HfDeepSpeedConfig
         keep_alive.append(HfDeepSpeedConfig(ds_config))
     dtype = DTYPES[precision]
     backbone, _, *mlm = load_backbone(cfg.backbone, dtype=dtype, seed=t.seed, with_mlm_head=verbalizer,
                                       hidden_dropout=None if t.hidden_dropout < 0 else t.hidden_dropout)
+    backbone_fp = fingerprint(backbone)      # collective under ZeRO-3 (gathers two tensors)
     torch.manual_seed(t.seed)   # identical prompt/head init on every rank
-    labels = task.label_names
-    head = VerbalizerHead.for_words(mlm[0], tokenizer, label_words) if verbalizer else None
-    model = build_model(backbone, p, task.head, max(len(labels), 1), name=cfg.backbone,
-                        head_dropout=t.head_dropout, head=head)
-    for module in (model.prompt, model.head):
-        if module is not None:
-            module.to(dtype)
+    slots = [TaskSlot(task.name, task.head, max(len(task.label_names), 1)) for task in tasks]
+    heads = {tasks[0].name: VerbalizerHead.for_words(mlm[0], tokenizer, label_words)} if verbalizer else None
+    try:
+        model = assemble(backbone, p, slots, name=cfg.backbone, head_dropout=t.head_dropout, heads=heads,
+                         sharing=t.prompt_sharing, task_prompt_len=t.task_prompt_len, dtype=dtype,
+                         init_from=t.init_from or None)
+    except ValueError as err:
+        raise RunError(one_line(err)) from None
+    if t.init_from:
+        log.info("initialised from %s", t.init_from)
     if t.gradient_checkpointing:
         model.enable_gradient_checkpointing(every_n_layers=t.checkpoint_every)
     counts = count_parameters(model)
@@ -198,12 +228,17 @@ def build(cfg: RunConfig) -> Run:
     import deepspeed
     trainable = [q for q in model.parameters() if q.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
+    if zero3 and len(model.tasks) > 1:
+        # idle tasks' parameters are used by PromptedModel.forward itself (exact-zero gradients), outside the
+        # submodules that own them: ZeRO-3 gathers them only if registered as external parameters
+        for q in trainable:
+            deepspeed.zero.register_external_parameter(model, q)
     log.info("backbone %s (%s, %d layers) | method %s | trainable %s / %s params (%.4f%%) | %d ranks, %s, %s "
              "(model and engine %.1f s)", cfg.backbone, model.spec.model_type, model.spec.num_layers, p.method,
              f"{counts.trainable:,}", f"{counts.total:,}", 100 * counts.ratio, world, device.type, precision,
              time.time() - t0)
-    return Run(cfg, rank, world, device, task, tokenizer, train, dev, model, engine, ds_config, precision,
-               total_steps, counts, out, pre, lock, keep_alive)
+    return Run(cfg, rank, world, device, list(tasks), tokenizer, trains, devs, model, engine, ds_config, precision,
+               total_steps, counts, out, pre, lock, backbone_fp, keep_alive)
 
 
 __all__ = ["Run", "RunError", "build"]

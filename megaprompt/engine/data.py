@@ -49,44 +49,56 @@ class TrainStream:
             out.append(perm[start:start + self.micro].tolist())
         return out
 
+    def step_batches(self, step: int) -> list[tuple[int, list[int]]]:
+        """``step_indices`` as ``(task 0, indices)`` pairs: the one-task case of ``mixing.MultiTaskStream``."""
+        return [(0, idx) for idx in self.step_indices(step)]
+
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
 
 class StepBatches(torch.utils.data.Sampler):
-    """Batch sampler of this rank's micro-batches for steps ``start_step .. end_step - 1``, in ``TrainStream``
-    order (``accum`` index lists per step): a pure function of (seed, step, world size)."""
+    """Batch sampler of this rank's micro-batches for steps ``start_step .. end_step - 1`` in the stream's order
+    (``TrainStream`` or ``mixing.MultiTaskStream``: ``accum`` micro-batches per step, each of one task), a pure
+    function of (seed, step, world size). A micro-batch is a list of ``(task index, feature index)``."""
 
-    def __init__(self, stream: TrainStream, start_step: int, end_step: int) -> None:
+    def __init__(self, stream: Any, start_step: int, end_step: int) -> None:
         self.stream, self.start_step, self.end_step = stream, start_step, end_step
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.end_step):
-            yield from self.stream.step_indices(step)
+            for task, idx in self.stream.step_batches(step):
+                yield [(task, i) for i in idx]
 
     def __len__(self) -> int:
         return max(0, self.end_step - self.start_step) * self.stream.accum
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Map-style view of a split whose ``__getitems__`` collates a whole micro-batch with one Arrow ``take``."""
+    """Map-style view of the tasks' splits whose ``__getitems__`` collates a whole micro-batch (one task) with
+    one Arrow ``take`` and tags it with ``task_ids`` (B,)."""
 
-    def __init__(self, split: EncodedSplit, pad_id: int) -> None:
-        self.split, self.pad_id = split, pad_id
+    def __init__(self, splits: Sequence[EncodedSplit], pad_id: int) -> None:
+        self.splits, self.pad_id = list(splits), pad_id
 
     def __len__(self) -> int:
-        return len(self.split)
+        return sum(len(s) for s in self.splits)
 
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self.split.model_inputs(indices, self.pad_id)
+    def __getitems__(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        task = items[0][0]
+        batch = self.splits[task].model_inputs([i for _, i in items], self.pad_id)
+        batch["task_ids"] = torch.full((len(items),), task, dtype=torch.long)
+        return batch
 
 
-def train_loader(split: EncodedSplit, stream: TrainStream, start_step: int, end_step: int, pad_id: int,
-                 device: torch.device) -> torch.utils.data.DataLoader:
-    """Micro-batches (padded tensors) of steps ``start_step..end_step-1`` for this rank. On GPU, two worker
-    processes (the Arrow files are memory-mapped, so workers share the page cache) and pinned memory."""
+def train_loader(splits: EncodedSplit | Sequence[EncodedSplit], stream: Any, start_step: int, end_step: int,
+                 pad_id: int, device: torch.device) -> torch.utils.data.DataLoader:
+    """Micro-batches (padded tensors + ``task_ids``) of steps ``start_step..end_step-1`` for this rank. On GPU,
+    two worker processes (the Arrow files are memory-mapped, so workers share the page cache) and pinned
+    memory."""
     gpu = device.type == "cuda"
-    return torch.utils.data.DataLoader(_Batches(split, pad_id), batch_sampler=StepBatches(stream, start_step, end_step),
+    splits = [splits] if isinstance(splits, EncodedSplit) else list(splits)
+    return torch.utils.data.DataLoader(_Batches(splits, pad_id), batch_sampler=StepBatches(stream, start_step, end_step),
                                        collate_fn=_identity, num_workers=2 if gpu else 0, pin_memory=gpu,
                                        persistent_workers=False)
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from megaprompt.engine.distributed import barrier, is_rank0
-from megaprompt.export import save_export
+from megaprompt.assemble import save_model_export
 from megaprompt.heads.verbalizer import resolve_label_words
 
 
@@ -27,17 +27,20 @@ def gathered_trainable(engine: Any, model: torch.nn.Module) -> dict[str, torch.T
 
 
 def export_trainable(run: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the export (layout v2, ``megaprompt.export``) on rank 0. Collective: every rank must call it."""
     tensors = gathered_trainable(run.engine, run.model)
-    t = run.cfg.train
-    # the verbalizer's MLM head is not exported (frozen, it comes with the backbone): predict rebuilds it
-    words = resolve_label_words(t.label_words, run.task.label_names) if t.head_type == "verbalizer" else None
+    t, model = run.cfg.train, run.model
     if is_rank0():
-        save_export(out_dir, tensors, run.model.spec, run.cfg.prompt, run.task.head, list(run.task.label_names),
-                    task=run.cfg.data.task,
-                    # enough to rebuild the model: tiny random backbones are a function of the seed
-                    extra={"backbone_arg": run.cfg.backbone, "seed": run.cfg.train.seed,
-                           "max_seq_len": run.cfg.data.max_seq_len,
-                           # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
-                           "null_threshold": getattr(run.task, "null_threshold", None),
-                           "head_type": t.head_type, "label_words": words, **(extra or {})})
+        tasks = {}
+        for task, entry in zip(run.tasks, run.pre.entries):
+            # the verbalizer's MLM head is not exported (frozen, it comes with the backbone): predict rebuilds it
+            words = resolve_label_words(t.label_words, task.label_names) if t.head_type == "verbalizer" else None
+            tasks[task.name] = {"label_names": list(task.label_names), "label_words": words,
+                                "max_seq_len": entry.max_seq_len,
+                                # SQuAD v2: the no-answer threshold tuned on dev travels with the prompt
+                                "null_threshold": getattr(task, "null_threshold", None)}
+        save_model_export(model, out_dir, tensors, run.fingerprint, tasks,
+                          # enough to rebuild the model: tiny random backbones are a function of the seed
+                          extra={"backbone_arg": run.cfg.backbone, "seed": t.seed,
+                                 "max_seq_len": run.pre.entries[0].max_seq_len, **(extra or {})})
     barrier()

@@ -25,7 +25,8 @@ from megaprompt.engine import ds_config as dsc
 from megaprompt.engine.distributed import setup_env
 from megaprompt.errors import UserError
 from megaprompt.files import check_writable
-from megaprompt.heads.verbalizer import MLM_MODEL_TYPES, has_mlm_head, resolve_label_words
+from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
+from megaprompt.heads.verbalizer import resolve_label_words
 from megaprompt.prompts import parse_layers
 from megaprompt.rundir import check_identity
 from megaprompt.tasks import get_task
@@ -41,19 +42,21 @@ class Preflight:
 
     raw_ds: dict[str, Any]
     hf_config: Any
-    task: Any
+    tasks: list[Any]              # the task objects, in the order of ``entries``
+    entries: list[Any]            # config.TaskEntry: name, data_dir, max_seq_len, max_train_examples
     label_words: list[str]
     precision: str
     world: int
     resume_from: Path | None      # the checkpoint to load (``--resume auto`` resolved), None for a fresh start
     fork: bool                    # ``--resume PATH``: a new trajectory from an explicit checkpoint
 
+    @property
+    def task(self) -> Any:
+        return self.tasks[0]
+
 
 def position_limit(config: Any) -> int | None:
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and config.model_type in ("roberta", "xlm-roberta"):
-        limit -= config.pad_token_id + 1     # RoBERTa positions start after the padding index
-    return limit
+    return get_adapter(config.model_type).position_limit(config)
 
 
 def check_positions(config: Any, backbone: str, max_seq_len: int, method: str, prompt_len: int) -> None:
@@ -68,13 +71,27 @@ def check_verbalizer(cfg: RunConfig, task: Any, hf_config: Any) -> list[str]:
     """The verbalizer's preconditions, as one-line errors; returns the label words, one per label."""
     if task.head != "cls":
         raise RunError(f"--head_type verbalizer needs a classification task; {task.name} has a {task.head!r} head")
-    if not has_mlm_head(hf_config):
-        raise RunError(f"--head_type verbalizer needs an encoder with an MLM head ({', '.join(MLM_MODEL_TYPES)}); "
+    if not get_adapter(hf_config.model_type).has_mlm_head(hf_config):
+        mlm = [t for t in SUPPORTED_MODEL_TYPES if t in get_adapter(t).mlm_model_types]
+        raise RunError(f"--head_type verbalizer needs an encoder with an MLM head ({', '.join(mlm)}); "
                        f"{cfg.backbone} is {hf_config.model_type}")
     if cfg.prompt.method == "head":
         raise RunError("--head_type verbalizer with --method head has nothing to train (the MLM head stays "
                        "frozen); use pt2, lester or ft")
     return resolve_label_words(cfg.train.label_words, task.label_names)
+
+
+def check_init_from(cfg: RunConfig, hf_config: Any) -> None:
+    """``--init_from``: a readable export of this method whose backbone facts match (weights: at build time)."""
+    from megaprompt.backbones import spec_from_config
+    from megaprompt.export import check_backbone, read_export
+
+    data = read_export(cfg.train.init_from)
+    adapter = get_adapter(hf_config.model_type)
+    check_backbone(data.meta, spec_from_config(hf_config, adapter.is_decoder), where=f"--init_from {cfg.train.init_from}")
+    if data.meta["method"] != cfg.prompt.method:
+        raise RunError(f"--init_from {cfg.train.init_from}: method {data.meta['method']} in the export, "
+                       f"{cfg.prompt.method} in this run")
 
 
 def check_precision(precision: str, raw_ds: dict[str, Any], path: str) -> str:
@@ -122,14 +139,24 @@ def preflight(cfg: RunConfig) -> Preflight:
         raw_ds = dsc.read_ds_config(t.ds_config)
         precision = check_precision(t.precision, raw_ds, t.ds_config)
         hf_config = load_config(cfg.backbone)
-        check_positions(hf_config, cfg.backbone, d.max_seq_len, p.method, p.prompt_len)
+        entries = d.entries()
+        if t.head_type == "verbalizer" and len(entries) > 1:
+            raise RunError(f"--head_type verbalizer takes one task; got {d.task}")
+        own_len = t.task_prompt_len or p.prompt_len if t.prompt_sharing == "shared+task" else 0
+        for e in entries:
+            check_positions(hf_config, cfg.backbone, e.max_seq_len, p.method, p.prompt_len + own_len)
         if p.method == "pt2":
             parse_layers(p.prompt_layers, hf_config.num_hidden_layers)
-        task = get_task(d.task, data_dir=d.data_dir)
-        if d.data_dir is not None:
-            for split in ("train", "dev"):
-                task.require_files(d.data_dir, split)  # presence only: reading comes later, on rank 0 first
-        label_words = check_verbalizer(cfg, task, hf_config) if t.head_type == "verbalizer" else []
+        tasks = []
+        for e in entries:
+            task = get_task(e.name, data_dir=e.data_dir)
+            if e.data_dir is not None:
+                for split in ("train", "dev"):
+                    task.require_files(e.data_dir, split)  # presence only: reading comes later, on rank 0 first
+            tasks.append(task)
+        label_words = check_verbalizer(cfg, tasks[0], hf_config) if t.head_type == "verbalizer" else []
+        if t.init_from:
+            check_init_from(cfg, hf_config)
         check_writable(out, "--output_dir")
         if t.resume == "auto":
             defaults = {k: v for k, (_, v) in FIELDS.items()}
@@ -139,7 +166,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         raise
     except (ValueError, OSError) as err:
         raise RunError(one_line(err)) from None
-    return Preflight(raw_ds, hf_config, task, label_words, precision, world, resume_from,
+    return Preflight(raw_ds, hf_config, tasks, entries, label_words, precision, world, resume_from,
                      fork=t.resume not in ("auto", "none"))
 
 

@@ -5,6 +5,11 @@ every micro-batch and only updates at the accumulation boundary. Losses stay on 
 end (``StepTotals``: one collective and one host sync per optimizer step, which also stops a NaN run). The
 loop's state is just the global step (data order is a pure function of it, see ``engine.data``), the best
 dev metric so far and the evaluation history, so a checkpoint at a step boundary resumes exactly.
+
+Several tasks (``--task rte,cb``): each micro-step trains one task, the same on every rank
+(``engine.mixing``), and its batch carries ``task_ids``. Dev metrics are reported per task as
+``"<task>/<metric>"`` plus ``"mean"`` (the mean of the tasks' primary metrics); the best checkpoint is chosen
+on ``mean`` or on ``--select_on <task>``'s primary metric. One task keeps the plain metric names.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ import torch
 
 from megaprompt.engine import checkpoint as ckpt
 from megaprompt.engine.build import Run
-from megaprompt.engine.data import TrainStream, split_outputs, to_device, train_loader
+from megaprompt.engine.data import split_outputs, to_device, train_loader
 from megaprompt.engine.distributed import is_rank0, log
 from megaprompt.engine.export import export_trainable
+from megaprompt.engine.mixing import MultiTaskStream
 from megaprompt.engine.preemption import PreemptionHandler
 from megaprompt.engine.tb import Board
 from megaprompt.engine.totals import StepTotals
@@ -35,21 +41,41 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """Dev metrics (percent). Every rank runs its shard; outputs are gathered so all ranks agree."""
+    """Dev metrics (percent). Every rank runs its shard of each task's dev set (tasks in order, so ranks stay
+    in lockstep); outputs are gathered so all ranks agree. Several tasks: ``task/metric`` keys and ``mean``."""
     bs = run.cfg.train.eval_batch_size or 2 * run.cfg.train.batch_size
     run.engine.eval()
-    outputs = split_outputs(lambda b: run.engine(**b)["logits"], run.task.head, run.dev,
-                            run.tokenizer.pad_token_id, bs, run.rank, run.world, run.device)
+    per_task = []
+    for t, (task, dev) in enumerate(zip(run.tasks, run.devs)):
+        def forward(b: dict[str, torch.Tensor], t: int = t) -> torch.Tensor:
+            ids = torch.full((b["input_ids"].shape[0],), t, dtype=torch.long, device=b["input_ids"].device)
+            return run.engine(**b, task_ids=ids)["logits"]
+        outputs = split_outputs(forward, task.head, dev, run.tokenizer.pad_token_id, bs, run.rank, run.world,
+                                run.device)
+        per_task.append({k: float(v) for k, v in task.evaluate(outputs, dev).items()})
     run.engine.train()
-    return {k: float(v) for k, v in run.task.evaluate(outputs, run.dev).items()}
+    if len(run.tasks) == 1:
+        return per_task[0]
+    out = {f"{task.name}/{k}": v for task, m in zip(run.tasks, per_task) for k, v in m.items()}
+    out["mean"] = float(np.mean([m[task.metric] for task, m in zip(run.tasks, per_task)]))
+    return out
+
+
+def primary_metric(run: Run) -> str:
+    """The dev key the best checkpoint is chosen on."""
+    if len(run.tasks) == 1:
+        return run.task.metric
+    sel = run.cfg.train.select_on
+    return "mean" if sel == "mean" else f"{sel}/{next(t.metric for t in run.tasks if t.name == sel)}"
 
 
 def train(run: Run, preempt: Any = None) -> dict[str, Any]:
     cfg, engine, t = run.cfg, run.engine, run.cfg.train
-    stream = TrainStream(len(run.train), t.batch_size, t.grad_accum, run.rank, run.world, t.seed)
-    eval_every = t.eval_every or stream.steps_per_epoch
+    stream = MultiTaskStream([len(x) for x in run.trains], t.batch_size, t.grad_accum, run.rank, run.world, t.seed,
+                             t.mixing, t.mixing_temperature)
+    eval_every = t.eval_every or max(1, sum(len(x) for x in run.trains) // (t.batch_size * t.grad_accum * run.world))
     ckpt_dir = run.out / "checkpoints"
-    primary = run.task.metric
+    primary = primary_metric(run)
     state: dict[str, Any] = {"best": None, "best_step": -1, "history": [], "bad_evals": 0,
                              "lineage": [ckpt.new_lineage_id()]}
     step = 0
@@ -77,12 +103,12 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
 
     from tqdm import tqdm
     bar = tqdm(total=run.total_steps, initial=step, disable=not is_rank0(), desc="train", dynamic_ncols=True)
-    batches = iter(train_loader(run.train, stream, step, run.total_steps, pad, run.device))
+    batches = iter(train_loader(run.trains, stream, step, run.total_steps, pad, run.device))
     engine.train()
     while step < run.total_steps:
         totals = StepTotals(run.device, t.grad_accum, run.world)
         for j in range(t.grad_accum):
-            host = next(batches)
+            host = next(batches)      # one task per micro-step (its task_ids), the same on every rank
             samples += int(host["input_ids"].shape[0])
             tokens += int(host["attention_mask"].sum())          # counted on the host: no device sync
             batch = to_device(host, run.device)
@@ -144,7 +170,8 @@ def train(run: Run, preempt: Any = None) -> dict[str, Any]:
         final = state["history"][-1] if state["history"] else evaluate(run)
         final = {k: v for k, v in final.items() if k != "step"}
     metrics = {
-        "task": cfg.data.task, "method": cfg.prompt.method, "backbone": cfg.backbone,
+        "task": cfg.data.task, "tasks": [task.name for task in run.tasks], "method": cfg.prompt.method,
+        "backbone": cfg.backbone,
         "final": final, "best": {**(state["best"] or final), "step": state["best_step"]},
         "primary_metric": primary, "trainable_params": run.counts.trainable, "total_params": run.counts.total,
         "trainable_ratio": run.counts.ratio, "steps": step, "wall_s": round(wall, 2),

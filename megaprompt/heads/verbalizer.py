@@ -1,6 +1,7 @@
 """Verbalizer head: the backbone's own (pretrained) MLM head scores label words at a [MASK] position
 (PET, Schick & Schuetze 2021; P-Tuning, Liu et al. 2021). P-Tuning v2 replaces this with a linear head, but
-keeps it as the comparison point; it only applies to encoders with an MLM head (BERT, RoBERTa, DeBERTa).
+keeps it as the comparison point; it only applies to encoders with an MLM head (which families have one, and
+where it lives, is the backbone adapter's knowledge: ``BackboneAdapter.has_mlm_head`` / ``mlm_head``).
 
 Each label has one or more label words (single tokens; multi-token words use their first token, logged);
 a label's score is the mean log-probability of its words at the mask position. The mask position comes as
@@ -18,26 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
-
-
-def mlm_head_of(model: nn.Module) -> nn.Module:
-    """The hidden -> vocabulary module of a Hugging Face masked-LM model (BERT ``cls``, RoBERTa ``lm_head``,
-    DeBERTa ``cls`` / ``lm_predictions``)."""
-    for name in ("cls", "lm_head", "lm_predictions", "generator_lm_head"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Module):
-            return head
-    raise ValueError(f"{type(model).__name__} has no MLM head (expected a BERT/RoBERTa/DeBERTa *ForMaskedLM)")
-
-
-# Families whose masked-LM head ``mlm_head_of`` returns as a plain hidden -> vocabulary module. ELECTRA is left
-# out: its discriminator checkpoints have no MLM head (only the separate generator has one).
-MLM_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "deberta-v2")
-
-
-def has_mlm_head(config: Any) -> bool:
-    # non-legacy DeBERTa-v2 heads take the word embeddings as a second forward argument: not supported
-    return config.model_type in MLM_MODEL_TYPES and getattr(config, "legacy", True)
 
 
 def resolve_label_words(spec: str, label_names: Sequence[str]) -> list[str]:

@@ -3,8 +3,11 @@
 Parameters (P = prompt_len, Lp = number of prompted layers, K = kv heads, d = head_dim):
   reparam=none: ``table``  (P, Lp*2*K*d)                      - a direct table
   reparam=mlp : ``embedding`` (P, hidden) -> Linear(hidden, mlp_hidden) -> Tanh -> Linear(mlp_hidden, Lp*2*K*d)
-Forward returns, for every backbone layer, ``(key, value)`` of shape (B, K, P, d), or None for layers
-outside ``prompt_layers``. Prefixes are stored per *kv* head, so GQA backbones pay K/H of the MHA cost.
+``forward()`` returns the prefix of one example, ``(Lp, 2, K, P, d)`` for the layers in ``self.layers``
+(call the module, not ``flat``: under ZeRO-3 the call gathers the parameters). The prompt bank
+(``prompts.bank``) turns the prompts of a batch's tasks into per-row, per-layer prefixes and applies this
+module's dropout per example. Prefixes are stored per *kv* head, so GQA backbones pay K/H of the MHA cost.
+``table_tensor()`` materialises the MLP reparameterization into the table an export stores.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class DeepPrefix(nn.Module):
 
     def __init__(self, cfg: PromptConfig, spec: BackboneSpec) -> None:
         super().__init__()
+        self.cfg = cfg                 # what an export records of this prompt
         self.layers = parse_layers(cfg.prompt_layers, spec.num_layers)
         self.num_layers = spec.num_layers
         self.prompt_len = cfg.prompt_len
@@ -44,14 +48,18 @@ class DeepPrefix(nn.Module):
         """The prefix for one example, (P, Lp*2*K*d)."""
         return self.mlp(self.embedding) if hasattr(self, "mlp") else self.table
 
-    def forward(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+    def table_tensor(self) -> torch.Tensor:
+        """The materialised table ``(P, Lp*2*K*d)`` (the MLP applied once): what an export stores."""
+        return self.flat().detach()
+
+    def forward(self) -> torch.Tensor:
+        """(Lp, 2, K, P, d): layer j of ``self.layers``, key (0) or value (1), kv head, slot, head_dim."""
         p, k, d = self.prompt_len, self.kv_heads, self.head_dim
-        x = self.flat().view(p, len(self.layers), 2, k, d).permute(1, 2, 3, 0, 4)   # (Lp, 2, K, P, d)
-        x = x.unsqueeze(2).expand(-1, -1, batch_size, -1, -1, -1)                      # (Lp, 2, B, K, P, d)
-        if self.training and self.dropout.p > 0:
-            # Per-example dropout (as the official code, which dropped out the (B, P, ...) past_key_values).
-            x = self.dropout(x.contiguous())
-        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.num_layers
-        for j, layer in enumerate(self.layers):
-            out[layer] = (x[j, 0], x[j, 1])
-        return out
+        return self.flat().view(p, len(self.layers), 2, k, d).permute(1, 2, 3, 0, 4)
+
+
+def table_from_mlp(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The table an MLP-reparameterized prefix computes, from its tensors (``embedding``, ``mlp.0.*``,
+    ``mlp.2.*``): Linear -> Tanh -> Linear, as ``DeepPrefix.flat``."""
+    h = torch.tanh(tensors["embedding"] @ tensors["mlp.0.weight"].T + tensors["mlp.0.bias"])
+    return h @ tensors["mlp.2.weight"].T + tensors["mlp.2.bias"]

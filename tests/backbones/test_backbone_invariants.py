@@ -64,20 +64,20 @@ def test_gradient_checkpointing_same_prefix_grads_and_recomputes(tiny, family, r
     saw_prefix: list[bool] = []
 
     def counter(i):
-        def hook(module, args, kwargs=None):
+        def hook(module, args, kwargs):
             calls[i] += 1
-            saw_prefix.append(layer_prefix(module) is not None)
+            saw_prefix.append(layer_prefix(module, kwargs) is not None)   # the prefix this call really gets
         return hook
 
     for i, attn in enumerate(attn_modules(model)):
-        attn.register_forward_pre_hook(counter(i))
+        attn.register_forward_pre_hook(counter(i), with_kwargs=True)
 
     def step():
         model.zero_grad(set_to_none=True)
         calls[:] = [0] * n_layers
         saw_prefix.clear()
         model(ids, mask, labels=labels)["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("prompt.")}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("prompts.")}
         return grads, list(calls), list(saw_prefix)
 
     g_off, calls_off, saw_off = step()
@@ -103,7 +103,7 @@ def test_gradient_checkpointing_same_prefix_grads_and_recomputes(tiny, family, r
         torch.testing.assert_close(g_on[name], g_off[name], rtol=1e-5, atol=1e-6, msg=name)
     if reparam == "none":
         # every layer's key and value prefix gets a gradient
-        per = g_off["prompt.table"].view(P, n_layers, 2, model.spec.num_kv_heads, model.spec.head_dim)
+        per = g_off["prompts.shared.table"].view(P, n_layers, 2, model.spec.num_kv_heads, model.spec.head_dim)
         assert (per.abs().sum(dim=(0, 3, 4)) > 0).all()
 
 
@@ -205,7 +205,7 @@ def test_every_real_token_sees_every_prefix_slot(tiny, family, capture_hidden):
 
 # ---- d. GQA: prefixes per kv head ----------------------------------------------------------------------
 @pytest.mark.parametrize("reparam", ["none", "mlp"])
-def test_prefix_shapes_use_kv_heads(tiny, family, reparam, capture_hidden):
+def test_prefix_shapes_use_kv_heads(tiny, family, reparam, capture_hidden, capture_prefix):
     model, _ = wrap(tiny, family, reparam=reparam, mlp_hidden=16)
     cfg = model.backbone.config
     layers = cfg.num_hidden_layers
@@ -222,19 +222,21 @@ def test_prefix_shapes_use_kv_heads(tiny, family, reparam, capture_hidden):
         assert model.prompt.mlp[-1].out_features == layers * 2 * kv_heads * head_dim
         assert model.prompt.flat().numel() == width
     ids, mask = padded_batch(tiny, family)
+    cap = capture_prefix(model.backbone)
     hidden(model, capture_hidden, ids, mask)
-    kv = model.holder.state.kv
-    assert len(kv) == layers
-    for k, v in kv:
+    kv = cap.last()
+    assert len(kv) == layers and len(cap.calls) == layers
+    for k, v, pmask in kv:
         assert k.shape == v.shape == (2, kv_heads, P, head_dim)
+        assert pmask is None                               # one task, one length: every slot visible
 
 
 # ---- prompt_layers subset ------------------------------------------------------------------------------
 def test_prompt_layers_last_1_only_changes_last_layer(tiny, family, capture_hidden):
     model, bare = wrap(tiny, family, prompt_layers="last:1")
     spec = model.spec
-    kv = model.prompt(2)
-    assert kv[0] is None and kv[1] is not None
+    assert model.prompt.layers == [1]
+    assert model.prompt().shape == (1, 2, spec.num_kv_heads, P, spec.head_dim)
     assert model.prompt.table.numel() == P * 1 * 2 * spec.num_kv_heads * spec.head_dim
 
     ids, mask = padded_batch(tiny, family)
@@ -252,9 +254,14 @@ def test_prompt_layers_last_1_only_changes_last_layer(tiny, family, capture_hidd
     assert (m1[real] - b1[real]).abs().max().item() > 1e-3        # layer 1: prompted
 
 
-def test_prompt_layers_list_selects_layers(tiny, family):
+def test_prompt_layers_list_selects_layers(tiny, family, capture_prefix):
     model, _ = wrap(tiny, family, prompt_layers="0")
-    kv = model.prompt(1)
+    assert model.prompt.layers == [0]
+    cap = capture_prefix(model.backbone)
+    ids = tiny.ids(1, 4)
+    with torch.no_grad():
+        model(ids, torch.ones_like(ids))
+    kv = cap.last()
     assert kv[0] is not None and kv[1] is None
     with pytest.raises(ValueError, match="out of range"):
         wrap(tiny, family, prompt_layers="2")
@@ -271,7 +278,7 @@ def test_eager_backbone_matches_sdpa_and_returns_prefix_weights(tiny, family, ca
         torch.manual_seed(0)
         model = build_model(bb, PromptConfig(method="pt2", prompt_len=P, prefix_dropout=0.0), "cls", 2,
                             head_dropout=0.0).eval()
-        assert model.holder.inner == impl
+        assert all(m._mp_eager == (impl == "eager") for m in attn_modules(model))
         ids, mask = padded_batch(tiny, family)
         outs[impl] = hidden(model, capture_hidden, ids, mask)
         probs[impl] = []

@@ -18,6 +18,7 @@ from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfA
 
 from megaprompt.backbones import get_adapter
 from megaprompt.model import build_model
+from megaprompt.prompts.bank import gather_prefix
 from megaprompt.prompts import PromptConfig
 
 P = 3
@@ -84,9 +85,18 @@ def batch(tiny):
     return ids, mask
 
 
+def prefix_state(model, batch_size):
+    """The prefix a forward of ``batch_size`` rows passes to the layers (eval: no dropout), via the bank."""
+    return gather_prefix(model.prompts, [model.routes[t.name] for t in model.tasks], model.spec.num_layers,
+                         batch_size, single=0)
+
+
 def check_layers(model, seen, mask, prefix_mask):
     real = mask.bool()
-    kv = model.holder.state.kv                                # the prefix this forward used (eval: no dropout)
+    kv = prefix_state(model, 2).kv                            # the prefix this forward used (eval: no dropout)
+    table = model.prompt.table.detach().view(P, model.spec.num_layers, 2, model.spec.num_kv_heads, -1)
+    for layer in range(model.spec.num_layers):                # ... which is the table itself, per row
+        torch.testing.assert_close(kv[layer][0], table[:, layer, 0].transpose(0, 1).expand(2, -1, -1, -1))
     for layer, rec in enumerate(seen):
         x = rec["inputs"]
         assert x["query_states"] is None
@@ -122,10 +132,12 @@ def test_deberta_attention_weights_on_every_prefix_slot(tiny):
     weight on every prefix slot under the default mask, and none on padding."""
     model = build(tiny)
     ids, mask = batch(tiny)
-    _, seen = run_and_capture(model, ids, mask)                # sets this forward's prefix in the holder
+    _, seen = run_and_capture(model, ids, mask)
+    state = prefix_state(model, 2)                             # the same prefix, passed for this call
     with torch.no_grad():
-        attentions = model.backbone(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
-    kv = model.holder.state.kv
+        attentions = model.adapter.forward(model.backbone, state, input_ids=ids, attention_mask=mask,
+                                           output_attentions=True).attentions
+    kv = state.kv
     assert len(attentions) == len(seen) == model.spec.num_layers
     for layer, (w, rec) in enumerate(zip(attentions, seen)):
         x = rec["inputs"]

@@ -58,7 +58,7 @@ def run(model, ids, mask, names, grad=False, ckpt=False, prefix_mask=None):
         grads = None
         if grad:
             res["loss"].backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("prompt.")}
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("prompts.")}
     hook.remove()
     calls = {k: KERNEL_CALLS[k] - before.get(k, 0) for k in KERNEL_CALLS if KERNEL_CALLS[k] != before.get(k, 0)}
     real = out["h"] * mask[..., None]          # pad positions are never read (heads pool real tokens)

@@ -45,7 +45,8 @@ def test_prefix_attention_matches_kv_cache_route(tiny, ref_family, reparam, capt
     cap = capture_hidden(model.backbone)
     with torch.no_grad():
         model(ids, mask, prefix_mask=prefix_mask)
-        kv = model.prompt(2)                                            # eval: the very tensors used above
+        x = model.prompt()                                              # (L, 2, K, P, d); eval: no dropout
+    kv = [(x[i, 0].expand(2, -1, -1, -1), x[i, 1].expand(2, -1, -1, -1)) for i in range(x.shape[0])]
     ours = cap.last
 
     cache = DynamicCache()

@@ -102,7 +102,7 @@ Z3 = str(Path(__file__).resolve().parents[2] / "ds_configs" / "zero3.json")
 
 
 # what a save may hold: prompt and head (tiny-bert: 2 layers x key/value x 64 per prompt slot), no backbone
-TRAINABLE = {"prompt.table": (2, 2 * 2 * 64), "head.out.weight": (2, 64), "head.out.bias": (2,)}
+TRAINABLE = {"prompts.shared.table": (2, 2 * 2 * 64), "heads.demo.out.weight": (2, 64), "heads.demo.out.bias": (2,)}
 
 
 def _tiny_run(out, *extra):

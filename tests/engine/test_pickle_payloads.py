@@ -134,7 +134,7 @@ def test_options_that_bypass_the_safe_loader_are_refused_before_reading(name, tm
     assert "is refused" in line and not marker.exists(), line
 
 
-@pytest.mark.parametrize("target", ["prompt.safetensors", "prompt.json"])
+@pytest.mark.parametrize("target", ["prompts/shared.safetensors", "export.json", "heads/demo.safetensors"])
 def test_no_payload_runs_in_predict(target, tmp_path, capfd):
     from megaprompt.predict import main as predict
     from megaprompt.train import main

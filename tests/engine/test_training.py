@@ -19,7 +19,8 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file
+
+from megaprompt.export import flat_tensors, read_export
 
 from tests.engine.conftest import (ROOT, TOPIC_WORDS, assert_only_trainable_in_checkpoint, env, metrics, run_ok,
                                    scalars, tiny_args, write_topic_task)
@@ -95,13 +96,17 @@ def test_learns_and_its_best_evaluation_is_not_its_last(learned):
 def test_export_is_the_best_step_and_reproduces_its_dev_metrics(learned, predicted):
     learned, _ = learned
     best = metrics(learned)["best"]
-    meta = json.loads((learned / "export" / "prompt.json").read_text())
+    data = read_export(learned / "export")
+    meta = data.meta
     assert meta["step"] == best["step"]
-    tensors = load_file(str(learned / "export" / "prompt.safetensors"))
+    (task,) = data.tasks
+    tensors = flat_tensors(data)
     # MiniLM: 6 layers x key/value x 12 heads x 32; 2-class head on 384
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {
-        "prompt.table": (LEARN_P, 6 * 2 * 12 * 32), "head.out.weight": (2, 384), "head.out.bias": (2,)}
-    assert meta["label_names"] == sorted(TOPIC_WORDS)
+        "prompts.shared.table": (LEARN_P, 6 * 2 * 12 * 32), f"heads.{task}.out.weight": (2, 384),
+        f"heads.{task}.out.bias": (2,)}
+    assert meta["tasks"][task]["label_names"] == sorted(TOPIC_WORDS)
+    assert meta["backbone"]["fingerprint"]
     got, _ = predicted
     assert got["examples"] == 240
     assert set(got["metrics"]) == {"accuracy", "macro_f1"}
@@ -133,8 +138,9 @@ def test_learned_checkpoint_holds_only_prompt_and_head(learned):
     learned, _ = learned
     steps = sorted((learned / "checkpoints").glob("step_*"))
     assert steps and (steps[-1] / "COMPLETE").is_file()
-    assert_only_trainable_in_checkpoint(steps[-1], {"prompt.table": (LEARN_P, 6 * 2 * 12 * 32),
-                                                    "head.out.weight": (2, 384), "head.out.bias": (2,)})
+    assert_only_trainable_in_checkpoint(steps[-1], {"prompts.shared.table": (LEARN_P, 6 * 2 * 12 * 32),
+                                                    f"heads.{TASK}.out.weight": (2, 384),
+                                                    f"heads.{TASK}.out.bias": (2,)})
 
 
 # ---- the tiny reference run ---------------------------------------------------------------------------------
@@ -169,8 +175,8 @@ def test_checkpointed_stop_and_resume_matches_uninterrupted(baseline, tmp_path):
     assert not (out / "metrics.json").exists()
     assert (out / "checkpoints" / "step_13" / "COMPLETE").is_file()
     run_ok(tiny_args(out, "--eval_every", "10", "--resume", "auto"))
-    a = load_file(str(baseline / "export" / "prompt.safetensors"))
-    b = load_file(str(out / "export" / "prompt.safetensors"))
+    a = flat_tensors(read_export(baseline / "export"))
+    b = flat_tensors(read_export(out / "export"))
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-5, rtol=0, err_msg=k)
     # the step counter continued: the resumed job logged steps 14..30 only, each with the uninterrupted loss

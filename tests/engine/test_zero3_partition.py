@@ -40,5 +40,5 @@ def test_zero3_state_is_only_trainable_and_frozen_weights_are_partitioned(tmp_pa
     # the resume checkpoint both ranks wrote at the end: their shards of prompt + head and nothing frozen
     step = tmp_path / "run" / "checkpoints" / "step_1"
     assert len(list(step.glob("*optim_states.pt"))) == world
-    assert_only_trainable_in_checkpoint(step, {"prompt.table": (8, 2 * 2 * 64), "head.out.weight": (2, 64),
-                                               "head.out.bias": (2,)})
+    assert_only_trainable_in_checkpoint(step, {"prompts.shared.table": (8, 2 * 2 * 64), "heads.demo.out.weight": (2, 64),
+                                               "heads.demo.out.bias": (2,)})

@@ -10,7 +10,8 @@ from megaprompt.heads import build_head
 from megaprompt.heads.multiple_choice import MultipleChoiceHead
 from megaprompt.heads.span import SpanHead
 from megaprompt.heads.token import TokenClassificationHead
-from megaprompt.heads.verbalizer import VerbalizerHead, label_word_ids, mlm_head_of
+from megaprompt.backbones import get_adapter
+from megaprompt.heads.verbalizer import VerbalizerHead, label_word_ids
 
 H = 16
 
@@ -126,7 +127,7 @@ def test_verbalizer_scores_label_words(tiny_mlm):
     tok = AutoTokenizer.from_pretrained(gt.get_model_path())
     ids = label_word_ids(tok, [["bad", "terrible"], ["good"]])
     assert ids[1] == [tok.convert_tokens_to_ids("good")]
-    mlm = mlm_head_of(tiny_mlm)
+    mlm = get_adapter("bert").mlm_head(tiny_mlm)
     head = VerbalizerHead(mlm, ids, mask_token_id=tok.mask_token_id)
     assert not any(p.requires_grad for p in head.mlm.parameters())
     hidden = torch.randn(2, 5, H, requires_grad=True)
@@ -142,4 +143,4 @@ def test_verbalizer_scores_label_words(tiny_mlm):
     with pytest.raises(ValueError, match="mask_positions"):
         VerbalizerHead(mlm, ids)(hidden, torch.ones(2, 5))
     with pytest.raises(ValueError, match="no MLM head"):
-        mlm_head_of(torch.nn.Linear(2, 2))
+        get_adapter("bert").mlm_head(torch.nn.Linear(2, 2))

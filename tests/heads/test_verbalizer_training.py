@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertForMaskedLM
 
-from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token, mlm_head_of
+from megaprompt.backbones import get_adapter
+from megaprompt.heads.verbalizer import VerbalizerHead, add_mask_token
 from megaprompt.model import build_model
 from megaprompt.prompts import PromptConfig
 from megaprompt.train import main
@@ -34,7 +35,7 @@ def tiny_mlm(tiny):
 
 
 def verbalized(mlm, method, **kw):
-    head = VerbalizerHead(mlm_head_of(mlm), WORDS, mask_token_id=MASK)
+    head = VerbalizerHead(get_adapter(mlm.config.model_type).mlm_head(mlm), WORDS, mask_token_id=MASK)
     return build_model(mlm.base_model, PromptConfig(method=method, **kw), "cls", 2, head=head).eval()
 
 
@@ -52,7 +53,7 @@ def test_scores_are_mlm_log_probs_of_label_words_at_mask(tiny_mlm):
 
 
 def test_only_the_prompt_trains_under_pt2_and_lester(tiny_mlm):
-    for method, prompt in (("pt2", {"prompt.table"}), ("lester", {"prompt.embedding"})):
+    for method, prompt in (("pt2", {"prompts.shared.table"}), ("lester", {"prompts.shared.embedding"})):
         model = verbalized(tiny_mlm(), method, prompt_len=3)
         assert {n for n, p in model.named_parameters() if p.requires_grad} == prompt, method
     ft = verbalized(tiny_mlm(), "ft")   # full fine-tuning trains the MLM head too
@@ -65,7 +66,7 @@ def test_pt2_verbalizer_gets_gradients_into_the_prompt_only(tiny_mlm):
     ids = torch.tensor([[2, 11, MASK, 3], [2, 12, MASK, 3]])
     model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1]))["loss"].backward()
     assert model.prompt.table.grad is not None and model.prompt.table.grad.abs().sum() > 0
-    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("prompt."))
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("prompts."))
 
 
 def test_add_mask_token_template_and_length_budget():
@@ -93,9 +94,10 @@ def test_train_export_predict_round_trip(tmp_path):
            "--seed", "1", "--output_dir", str(out), "--ds_config", "ds_configs/zero3.json"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    tensors = load_file(str(out / "export" / "prompt.safetensors"))
-    assert set(tensors) == {"prompt.table"}       # the frozen MLM head comes from the backbone, not the export
-    meta = json.loads((out / "export" / "prompt.json").read_text())
+    assert set(load_file(str(out / "export" / "prompts" / "shared.safetensors"))) == {"table"}
+    # the frozen MLM head comes from the backbone, not the export
+    assert load_file(str(out / "export" / "heads" / "demo.safetensors")) == {}
+    meta = json.loads((out / "export" / "heads" / "demo.json").read_text())
     assert meta["head_type"] == "verbalizer" and meta["label_words"] == ["bad", "good"]
 
     proc = subprocess.run([sys.executable, "-m", "megaprompt.predict", "--export", str(out / "export"),

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+
+from megaprompt.export import flat_tensors, read_export
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,13 +67,13 @@ def test_array_of_zero3_runs(sweep: dict[str, Any]) -> None:
         m = json.loads((out / "metrics.json").read_text())
         assert m["task"] == "demo" and m["steps"] == STEPS and m["world_size"] == 2, m
         assert "accuracy" in m["best"] and 0 <= m["best"]["accuracy"] <= 100
-        assert (out / "export" / "prompt.safetensors").is_file() and (out / "export" / "prompt.json").is_file()
-        assert load_file(str(out / "export" / "prompt.safetensors"))
+        assert (out / "export" / "export.json").is_file()
+        assert flat_tensors(read_export(out / "export"))
         ev = _events(out / "tb")
         assert ev["train/loss"][-1] == STEPS and "eval/accuracy" in ev, ev
         assert "training finished" in log and f"job {job}_{el['index']}" in log
     # two seeds: different runs
-    a, b = (load_file(str(d / e["dir"] / "export" / "prompt.safetensors")) for e in manifest["elements"])
+    a, b = (flat_tensors(read_export(d / e["dir"] / "export")) for e in manifest["elements"])
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep_summary.py"), str(d)],
@@ -109,8 +110,8 @@ def test_preempt_requeue_resume_same_weights(slurm: Any, sweep: dict[str, Any], 
     assert m["steps"] == STEPS
     steps = _events(out / "tb")["train/loss"]
     assert sorted(set(steps)) == sorted(steps) and steps[-1] == STEPS    # continued, never restarted
-    ref = load_file(str(sweep["dir"] / "lr=1e-2,seed=1" / "export" / "prompt.safetensors"))
-    got = load_file(str(out / "export" / "prompt.safetensors"))
+    ref = flat_tensors(read_export(sweep["dir"] / "lr=1e-2,seed=1" / "export"))
+    got = flat_tensors(read_export(out / "export"))
     assert ref.keys() == got.keys()
     for key in ref:
         assert torch.allclose(ref[key], got[key], rtol=1e-5, atol=1e-6), \

@@ -70,7 +70,7 @@ def test_lester_logits_match_reference(tiny, family, capture_hidden):
     with torch.no_grad():
         out = model(ids, mask)["logits"]
     assert cap.last.shape == (2, P + 6, model.spec.hidden_size)   # the backbone saw P extra positions
-    assert model.holder is None                                    # no prefix attention involved
+    assert not any(hasattr(m, "_mp_layer") for m in model.adapter.attention_modules(model.backbone))  # no prefix
     ref = reference_logits(tiny, family, model, bare, ids, mask)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     # Non-vacuous: the prompt changes the logits (the head on the bare backbone's own outputs differs)
@@ -109,8 +109,9 @@ def test_lester_prompt_mask_hides_slots(tiny, family):
 def test_lester_dropout_in_training_drops_prompt_entries_per_example(tiny):
     model, bare = wrap(tiny, "bert", prefix_dropout=0.5)
     model.train()                                              # the tiny backbone and head have no dropout
-    used = []
-    model.prompt.register_forward_hook(lambda m, a, out: used.append(out.detach()))
+    used = []                                                  # the prompt rows the backbone received
+    model.backbone.register_forward_pre_hook(lambda m, a, kw: used.append(kw["inputs_embeds"][:, :P].detach()),
+                                             with_kwargs=True)
     ids, mask = right_padded(tiny, "bert")
     torch.manual_seed(0)
     with torch.no_grad():
@@ -129,7 +130,7 @@ def test_lester_prompt_gets_gradient_and_is_the_only_trainable_prompt(tiny, fami
     model, _ = wrap(tiny, family)
     model.train()
     assert {n for n, p in model.named_parameters() if p.requires_grad} == \
-        {"prompt.embedding", "head.out.weight", "head.out.bias"}
+        {"prompts.shared.embedding", "heads.task.out.weight", "heads.task.out.bias"}
     ids = tiny.ids(2, 5)
     model(ids, torch.ones_like(ids), labels=torch.tensor([0, 1]))["loss"].backward()
     assert (model.prompt.embedding.grad.abs().sum(-1) > 0).all()       # every prompt vector
