@@ -26,7 +26,8 @@ lookups cost no FLOPs), T the keys per query (seq + prompt_len) and d_attn = hea
 
 ``--dry-run`` (CPU, no GPU needed; what tests/benchmarks run): builds a tiny llama, counts the FLOPs of one
 real pt2, ft and lester step with ``torch.utils.flop_counter.FlopCounterMode`` (SDPA's math backend, so
-attention's matmuls are counted) and checks them against the formulas above (within 0.5%), then runs the benchmark's own step loop for 2 steps through DeepSpeed ZeRO-3 on CPU.
+attention's matmuls are counted) and checks them against the formulas above (within 0.5%), then runs the
+benchmark's own step loop for 2 steps through DeepSpeed ZeRO-3 on CPU.
 
 Usage::
 

@@ -23,6 +23,9 @@ Usage (CPU: DS_ACCELERATOR=cpu, gloo; each world size is one ``torchrun`` job th
                                       [--json PATH] [--csv PATH]
 
 Target: every case within 10% (``rel_err = (estimated - measured) / measured``); exit status 1 otherwise.
+
+``--scale`` runs the whole-process check on a ~1B llama-shaped model instead (``benchmarks/memory_scale.py``:
+per-rank peak RSS of pt2 and ft vs ``megaprompt-memory --device cpu``, target 15%).
 """
 from __future__ import annotations
 
@@ -209,6 +212,12 @@ def launch(args: argparse.Namespace, world: int, out_prefix: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--scale" in argv:     # the ~1B whole-process check lives in memory_scale.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import memory_scale
+
+        return memory_scale.main([a for a in argv if a != "--scale"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="tiny-bert")
     ap.add_argument("--methods", default="ft,pt2,lester,head")

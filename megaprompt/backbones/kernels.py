@@ -197,8 +197,8 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: Any, sc
 
     fn = flex_attention
     if q.device.type == "cuda":      # eager flex is a slow reference implementation; compiled it is fused
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        if _compiled_flex is None:   # default dynamic=None: a second sequence length compiles a dynamic one
+            _compiled_flex = torch.compile(flex_attention)
         fn = _compiled_flex
     return fn(q, k, v, block_mask=block_mask, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
 
