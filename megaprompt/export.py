@@ -54,7 +54,8 @@ class ExportData:
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.meta["tasks"])
+        """Task names in training order (task index = position); the json itself is key-sorted."""
+        return list(self.meta.get("task_order") or self.meta["tasks"])
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -104,7 +105,7 @@ def save_export(out_dir: str | os.PathLike, tensors: dict[str, torch.Tensor], sp
     meta = {"format": FORMAT, "version": VERSION, "method": method,
             "backbone": {**spec.to_dict(), "fingerprint": fingerprint},
             "prompts": {n: {**cfg, "materialised": True} for n, cfg in prompts.items()},
-            "tasks": tasks, **(extra or {})}
+            "tasks": tasks, "task_order": list(tasks), **(extra or {})}
     for t in tasks.values():
         t.setdefault("route", [])
 
@@ -166,6 +167,9 @@ def read_export(export_dir: str | os.PathLike) -> ExportData:
     for key, kind in (("backbone", dict), ("prompts", dict), ("tasks", dict), ("method", str)):
         if not isinstance(meta.get(key), kind):
             raise ExportMismatch(f"{meta_path}: {key!r} missing or not a {kind.__name__}")
+    if sorted(meta.get("task_order") or meta["tasks"]) != sorted(meta["tasks"]):
+        raise ExportMismatch(f"{meta_path}: task_order {meta.get('task_order')} does not list the tasks "
+                             f"{sorted(meta['tasks'])}")
     out = ExportData(d, meta)
     for name in meta["prompts"]:
         out.prompts[name] = (_json(d / "prompts" / f"{name}.json"), _tensors(d / "prompts" / f"{name}.safetensors"))
@@ -239,7 +243,7 @@ def upgrade_v1(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     tensors = flat_tensors(data)
     spec = BackboneSpec(**{k: v for k, v in data.meta["backbone"].items() if k != "fingerprint"})
     extra = {k: v for k, v in data.meta.items() if k not in ("format", "version", "method", "backbone", "prompts",
-                                                                 "tasks")}
+                                                                 "tasks", "task_order")}
     return save_export(dst, tensors, spec, data.meta["backbone"].get("fingerprint", ""), data.meta["method"],
                        {n: c for n, (c, _) in data.prompts.items()}, {n: h for n, (h, _) in data.heads.items()}, extra)
 

@@ -76,6 +76,20 @@ def test_roundtrip_reproduces_logits(tiny, tmp_path, family, method, reparam):
     assert not torch.equal(logits(tiny, build(tiny, family, method, seed=1, reparam=reparam)), expected)
 
 
+def test_multi_task_export_keeps_the_task_order(tiny, tmp_path):
+    from megaprompt.model import TaskSlot
+    model = build(tiny, "bert", tasks=[TaskSlot("zeta", "cls", 2), TaskSlot("alpha", "cls", 3)])
+    train_a_little(model)
+    save_model_export(model, tmp_path / "e")
+    data = read_export(tmp_path / "e")
+    assert data.tasks == ["zeta", "alpha"]               # task index = position, not alphabetical
+    fresh = empty(tiny, "bert")
+    attach_export(fresh, data)
+    assert fresh.task_names == ["zeta", "alpha"]
+    for t in ("zeta", "alpha"):
+        assert torch.equal(logits(tiny, fresh, t), logits(tiny, model, t))
+
+
 def test_layout_one_file_pair_per_prompt_and_head(tiny, tmp_path):
     model = build(tiny, "llama", reparam="mlp")
     export(model, tmp_path / "e")
