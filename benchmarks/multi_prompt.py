@@ -118,9 +118,11 @@ def throughput(paths: list[str], rows: int, seq: int, repeats: int) -> dict[str,
 def rss_after_loading(paths: list[str], seq: int) -> dict[str, float]:
     """In this (fresh) process: RSS before anything, with the backbone alone, and with ``paths`` loaded."""
     from megaprompt.assemble import load_exports
+    from megaprompt.serve import release_host_memory
 
     base = _rss_mb()
     model = load_exports(paths, with_tokenizer=False)[0]      # the exports' read tensors are freed: copied in
+    release_host_memory()                                      # as megaprompt.serve.Server does
     b = batch(model, 4, seq)
     with torch.no_grad():
         model(**b, task_ids=torch.arange(4) % len(paths))
