@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from replicate_lib import report, splits  # noqa: E402
 from replicate_lib.cells import Cell, Context, Waiting, plan, run_cell  # noqa: E402
-from replicate_lib.specs import QUICK_SEARCH, QUICK_TASKS, ROWS, TASKS, quick  # noqa: E402
+from replicate_lib.specs import FULL_SEARCH, QUICK_SEARCH, QUICK_TASKS, ROWS, TASKS, quick  # noqa: E402
 
 log = logging.getLogger("replicate")
-CHEAP = ("rte", "cb", "copa", "wsc", "sst2")
+CHEAP = ("sst2", "rte", "cb", "copa", "wsc")
 MAIN_ROWS = ("ft", "lester", "pt2")
 ABLATIONS = ("pt2_mlp", "pt2_top", "pt2_bottom", "verbalizer", "mpt2")
 # Priority: the main rows on the cheap columns, ablations on RTE/SST-2, the expensive columns, the rest.
@@ -48,6 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="results folder (--quick: <results>/quick)")
     p.add_argument("--quick", action="store_true", help=f"tasks {','.join(QUICK_TASKS)}, ft/lester/pt2, 1 seed, "
                    "one configuration each, subsampled")
+    p.add_argument("--search", choices=("small", "full"), default="small",
+                   help="prompt methods: small = lr 1e-2/3e-2 at P=16; full = also P=32 at lr 1e-2")
     p.add_argument("--plan", action="store_true", help="print the cells and exit")
     p.add_argument("--report_only", action="store_true", help="write the outputs from finished cells only")
     p.add_argument("--tasks", default="", help="comma list (default: all; --quick: cb,sst2)")
@@ -111,8 +113,15 @@ def build_context(ns: argparse.Namespace) -> Context:
     seeds = tuple(int(x) for x in ns.seeds.split(",") if x) or ((1,) if ns.quick else (1, 2, 3))
     return Context(results=results, data=data, tasks=specs, backbone=ns.backbone,
                    n_layers=load_config(ns.backbone).num_hidden_layers, has_mlm=_has_pretrained_mlm(ns.backbone),
-                   seeds=seeds, search=dict(QUICK_SEARCH) if ns.quick else {}, executor=ns.executor,
+                   seeds=seeds, search=_search(ns), executor=ns.executor,
                    ranks=ns.ranks, master_port=ns.master_port, slurm_args=ns.slurm_args)
+
+
+def _search(ns: argparse.Namespace) -> dict[str, tuple[dict[str, str], ...]]:
+    """Per-row search spaces overriding ``Row.search``."""
+    if ns.quick:
+        return dict(QUICK_SEARCH)
+    return dict(FULL_SEARCH) if ns.search == "full" else {}
 
 
 def _order(ns: argparse.Namespace) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:

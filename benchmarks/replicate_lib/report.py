@@ -17,6 +17,12 @@ from .cells import Cell, Context, Waiting, chosen
 from .specs import PAPER, ROWS, TASKS
 
 
+def _portable(text: str) -> str:
+    """Paths written relative to the repository root (the committed files must not name this machine)."""
+    root = Path(__file__).resolve().parents[2]
+    return text.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
+
+
 def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": round(statistics.fmean(values), 2),
             "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
@@ -126,9 +132,9 @@ def plot(table: dict[str, Any], path: Path) -> None:
 def write(ctx: Context, entries: list[Cell | Waiting], out: Path, stem: str, header: str) -> dict[str, Any]:
     table, records = summarise(ctx, entries)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{stem}.json", json.dumps(table, indent=1) + "\n")
-    atomic_write_text(out / f"{stem}_cells.json", json.dumps(records, indent=1) + "\n")
-    atomic_write_text(out / f"{stem}.md", markdown(ctx, table, records, entries, header))
+    atomic_write_text(out / f"{stem}.json", _portable(json.dumps(table, indent=1)) + "\n")
+    atomic_write_text(out / f"{stem}_cells.json", _portable(json.dumps(records, indent=1)) + "\n")
+    atomic_write_text(out / f"{stem}.md", _portable(markdown(ctx, table, records, entries, header)))
     if table:
         plot(table, out / f"{stem}.png")
     return table

@@ -73,11 +73,12 @@ class Row:
             raise ValueError(f"row {self.name}: give exactly one of search and inherit")
 
 
-# Prompt methods: lr in the official scripts' range (5e-3..3e-2) and prompt length; a three-point design
-# (lr at P=16, P at lr=1e-2) instead of the full grid, to fit the CPU budget. ft: the usual 2e-5..5e-5.
-PROMPT_SEARCH = ({"lr": "1e-2", "prompt_len": "16"}, {"lr": "3e-2", "prompt_len": "16"},
-                 {"lr": "1e-2", "prompt_len": "32"})
+# Prompt methods: lr in the official scripts' range (5e-3..3e-2) at P=16 ("small", the default on CPU), plus
+# P=32 at lr 1e-2 ("full": a three-point design, lr at P=16 and P at 1e-2, instead of the whole grid).
+PROMPT_SEARCH = ({"lr": "1e-2", "prompt_len": "16"}, {"lr": "3e-2", "prompt_len": "16"})
+PROMPT_SEARCH_FULL = (*PROMPT_SEARCH, {"lr": "1e-2", "prompt_len": "32"})
 FT_SEARCH = ({"lr": "2e-5"}, {"lr": "5e-5"})
+FULL_SEARCH = {"lester": PROMPT_SEARCH_FULL, "pt2": PROMPT_SEARCH_FULL}
 QUICK_SEARCH = {"ft": ({"lr": "5e-5"},), "lester": ({"lr": "3e-2", "prompt_len": "16"},),
                 "pt2": ({"lr": "3e-2", "prompt_len": "16"},)}
 
@@ -121,4 +122,4 @@ def row_flags(row: Row, n_layers: int) -> dict[str, str]:
 def describe() -> dict[str, Any]:
     """Specs as plain data, for the report."""
     return {"tasks": {k: vars(v) | {"extra": list(v.extra)} for k, v in TASKS.items()},
-            "search": {"prompt": list(PROMPT_SEARCH), "ft": list(FT_SEARCH)}}
+            "search": {"prompt": list(PROMPT_SEARCH), "prompt_full": list(PROMPT_SEARCH_FULL), "ft": list(FT_SEARCH)}}
