@@ -63,6 +63,16 @@ def _cell_text(entry: dict[str, Any] | None, extra: str | None) -> str:
     return text + f" ({entry['n_seeds']})"
 
 
+def _placeholder(ctx: Context, name: str, task: str) -> str:
+    """What an empty table cell says: pending (a feature not built yet), n/a (cannot run here), or – (not run)."""
+    row = ROWS[name]
+    if row.tasks and task not in row.tasks:
+        return "–"
+    if row.pending:
+        return "pending"
+    return "n/a" if row.needs_mlm and not ctx.has_mlm else "–"
+
+
 def markdown(ctx: Context, table: dict[str, Any], records: list[dict[str, Any]], entries: list[Any],
              header: str) -> str:
     tasks = list(ctx.tasks)
@@ -75,17 +85,20 @@ def markdown(ctx: Context, table: dict[str, Any], records: list[dict[str, Any]],
         texts = []
         for t in tasks:
             e = table.get(t, {}).get(name)
-            if e:
-                texts.append(_cell_text(e, TASKS[t].extra[0] if TASKS[t].extra else None))
-            elif row.pending and (not row.tasks or t in row.tasks):
-                texts.append("pending")
-            elif row.needs_mlm and not ctx.has_mlm and (not row.tasks or t in row.tasks):
-                texts.append("n/a")
-            else:
-                texts.append("–")
+            texts.append(_cell_text(e, TASKS[t].extra[0] if TASKS[t].extra else None) if e
+                         else _placeholder(ctx, name, t))
         lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
-    lines += ["", "Paper (RoBERTa-large, dev): " + "; ".join(
-        f"{TASKS[t].column} " + ", ".join(f"{r} {v}" for r, v in PAPER[t].items()) for t in tasks if t in PAPER)]
+    lines += ["", "## Next to the paper (this run, primary metric, mean ± std [seeds] / the paper's RoBERTa-large "
+              "dev number; – = not run here or not in the paper)", "",
+              "| row | " + " | ".join(TASKS[t].column for t in tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name, row in ROWS.items():
+        texts = []
+        for t in tasks:
+            e = table.get(t, {}).get(name)
+            ours = f"{e['mean']:.1f} ± {e['std']:.1f} [{e['n_seeds']}]" if e else _placeholder(ctx, name, t)
+            paper = PAPER.get(t, {}).get(name)
+            texts.append(f"{ours} / {paper}" if paper is not None else ours)
+        lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
     lines += ["", "## Not run", ""] + [f"- {t} / {r}: {why}" for (t, r), why in sorted(waits.items())]
     lines += ["", "## Data (units: examples; sentences for CoNLL; questions for SQuAD)", "",
               "| task | train | selection dev (carved from train) | official dev | note |", "|---|---|---|---|---|"]
