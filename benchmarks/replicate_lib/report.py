@@ -63,6 +63,18 @@ def _cell_text(entry: dict[str, Any] | None, extra: str | None) -> str:
     return text + f" ({entry['n_seeds']})"
 
 
+def _majority(task: str, data: dict[str, Any]) -> str:
+    """Accuracy of always predicting the official dev split's most frequent label (classification tasks)."""
+    from collections import Counter
+
+    from megaprompt.tasks import get_task
+    spec = get_task(task, data_dir=data["official_dir"])
+    if spec.head not in ("cls", "mc"):
+        return "–"
+    labels = Counter(ex["label"] for ex in spec.load(data["official_dir"], "dev"))
+    return f"{100 * max(labels.values()) / sum(labels.values()):.1f}"
+
+
 def _placeholder(ctx: Context, name: str, task: str) -> str:
     """What an empty table cell says: pending (a feature not built yet), n/a (cannot run here), or – (not run)."""
     row = ROWS[name]
@@ -101,10 +113,12 @@ def markdown(ctx: Context, table: dict[str, Any], records: list[dict[str, Any]],
         lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
     lines += ["", "## Not run", ""] + [f"- {t} / {r}: {why}" for (t, r), why in sorted(waits.items())]
     lines += ["", "## Data (units: examples; sentences for CoNLL; questions for SQuAD)", "",
-              "| task | train | selection dev (carved from train) | official dev | note |", "|---|---|---|---|---|"]
+              "| task | train | selection dev (carved from train) | official dev | majority class on official dev "
+              "| note |", "|---|---|---|---|---|---|"]
     for t in tasks:
         d = ctx.data[t]
-        lines.append(f"| {t} | {d['train']} | {d['select_dev']} | {d['official_dev']} | {d.get('note', '')} |")
+        lines.append(f"| {t} | {d['train']} | {d['select_dev']} | {d['official_dev']} | {_majority(t, d)} | "
+                     f"{d.get('note', '')} |")
     lines += ["", "## Every finished cell (selection dev = best step on the carved split; official = predict)", "",
               "| task | row | stage | config | seed | selection dev | official dev | train s | predict s |",
               "|---|---|---|---|---|---|---|---|---|"]
