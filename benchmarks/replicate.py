@@ -96,10 +96,10 @@ def _has_pretrained_mlm(backbone: str) -> bool:
 def build_context(ns: argparse.Namespace) -> Context:
     from megaprompt.backbones.load import load_config
     data_dir = Path(ns.data_dir)
+    task_names = _names(ns.tasks, TASKS, QUICK_TASKS if ns.quick else tuple(TASKS), "tasks")   # names first
     if not data_dir.is_dir():
         raise ValueError(f"--data_dir {data_dir}: no such folder (expected the layout of ../shared/data)")
     results = Path(ns.results) / ("quick" if ns.quick else "")
-    task_names = _names(ns.tasks, TASKS, QUICK_TASKS if ns.quick else tuple(TASKS), "tasks")
     specs = {t: quick(TASKS[t]) if ns.quick else TASKS[t] for t in task_names}
     if ns.train_n >= 0 or ns.epochs > 0:
         from dataclasses import replace
