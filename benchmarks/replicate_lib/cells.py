@@ -202,7 +202,8 @@ def run_cell(ctx: Context, cell: Cell) -> dict[str, Any] | None:
     official = json.loads((cell.run_dir / "official" / f"{cell.task}_dev_metrics.json").read_text())
     shutil.rmtree(cell.run_dir / "checkpoints", ignore_errors=True)   # resume state; the export stays
     record = {"task": cell.task, "row": cell.row, "stage": cell.stage, "seed": cell.seed, "params": cell.params,
-              "flags": train_flags(ctx, cell), "train_argv": train_argv(ctx, cell), "predict_argv": predict_argv(ctx, cell),
+              "flags": train_flags(ctx, cell), "train_argv": train_argv(ctx, cell),
+              "predict_argv": predict_argv(ctx, cell),
               "select_dev": trained["best"], "official_dev": official["metrics"],
               "official_examples": official["examples"], "steps": trained.get("steps"),
               "trainable_params": trained.get("trainable_params"),
