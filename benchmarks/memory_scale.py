@@ -8,7 +8,8 @@ over a process's life). The backbone is built by ``AutoModel.from_config`` with 
 alive, so ``zero.Init`` partitions it at construction - the path megaprompt's engine takes; the DeepSpeed
 settings are ``ds_configs/zero3.json``'s (``reduce_bucket_size`` "auto" resolved as the engine does).
 
-Each rank records its resident set (``psutil`` RSS now, ``ru_maxrss`` peak so far) after the imports, after
+Each rank caps glibc's heap retention as training ranks do (``engine.distributed.cap_heap_retention``, called
+by ``setup_env``) and records its resident set (``psutil`` RSS now, ``ru_maxrss`` peak so far) after the imports, after
 the model is built, after ``deepspeed.initialize`` and after every step. The measured figure is the
 per-rank peak RSS over the whole job; the estimate is ``megaprompt-memory --device cpu`` for the same setup
 (``megaprompt.costs.memory``: on CPU the "device" memory is the process's RSS, so it includes the
@@ -66,7 +67,9 @@ def worker(args: argparse.Namespace) -> int:
     import torch
     from transformers.integrations import HfDeepSpeedConfig
 
-    import megaprompt.engine  # noqa: F401  (what a training process imports)
+    from megaprompt.engine.distributed import cap_heap_retention   # what setup_env() does in training
+
+    cap_heap_retention()
     from megaprompt.costs.params import build_prompted, make_prompt_config, resolve_backbone
     from megaprompt.accounting import count_parameters
 

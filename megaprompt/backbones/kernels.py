@@ -13,7 +13,7 @@ keys 0..i). Kernels, tried in the order of ``attention_kernels()``; the first th
   0..i+P) is exactly "all P prefix slots + real keys up to i". (``is_causal=True`` aligns top-left: query i
   would see keys 0..i, i.e. only prefix slots for i < P - wrong.) On GPU it dispatches to flash / memory-
   efficient attention with ``causal_lower_right``; elsewhere an (L, P+L) bool mask (no batch factor) is
-  built per call, as torch itself would for ``causal_lower_right`` off the GPU.
+  built once per forward (torch itself would build it per call for ``causal_lower_right`` off the GPU).
 * ``flex`` - ``torch.nn.attention.flex_attention`` with a block mask of prefix + causal + key padding +
   prefix mask, built once per forward and prefix length (``KeyPadding.block_mask``) and shared by all
   layers. Compiled on GPU. On CPU, flex has no backward, so it is tried there only for inference.
@@ -63,6 +63,14 @@ class KeyPadding:
             if self.padding is not None:
                 mask = mask & self.padding.to(device)[:, None, None, :]
             self._cache[key] = mask
+        return self._cache[key]
+
+    def lower_right(self, p_len: int, device: torch.device) -> torch.Tensor:
+        """(L, P+L) bool: causal order aligned at the bottom-right corner (query i sees keys 0..i+P)."""
+        key = ("lower_right", p_len, device)
+        if key not in self._cache:
+            self._cache[key] = torch.ones(self.length, p_len + self.length, dtype=torch.bool,
+                                          device=device).tril(p_len)
         return self._cache[key]
 
     def block_mask(self, p_len: int, prefix_mask: torch.Tensor | None, batch: int, device: torch.device) -> Any:
@@ -161,7 +169,7 @@ def _repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, causal: bool,
-          p_len: int, scaling: float | None, dropout: float) -> torch.Tensor:
+          p_len: int, scaling: float | None, dropout: float, kp: KeyPadding) -> torch.Tensor:
     gqa = k.shape[1] != q.shape[1]
     if causal:
         # no prefix: is_causal; with a prefix: bottom-right causal alignment (module docstring)
@@ -180,10 +188,10 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Ten
             if bias is not None:
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scaling,
                                                       enable_gqa=gqa)
-        # elsewhere (CPU, meta) torch would materialise the same (Lq, P+Lk) mask: no batch factor, no O(B L^2)
-        lower_right = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(p_len)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=lower_right, dropout_p=dropout, scale=scaling,
-                                              enable_gqa=gqa)
+        # elsewhere (CPU, meta) torch would materialise the same (Lq, P+Lk) mask per call; it is built once per
+        # forward instead and shared by the layers (no batch factor)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=kp.lower_right(p_len, q.device), dropout_p=dropout,
+                                              scale=scaling, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, scale=scaling,
                                           enable_gqa=gqa)
 
@@ -264,7 +272,8 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             parts.append(padding.to(query.device) if padding is not None else
                          torch.ones(bsz, k_len, dtype=torch.bool, device=query.device))
             key_mask = torch.cat(parts, dim=1)[:, None, None, :]   # (B, 1, 1, P+Lk): O(B*(P+L)), no L^2
-        return _sdpa(query, key, value, key_mask, causal, p_len, scaling, drop), None
+        kp = mask if isinstance(mask, KeyPadding) else KeyPadding(None, causal, q_len)
+        return _sdpa(query, key, value, key_mask, causal, p_len, scaling, drop, kp), None
     if name == "flex":
         kp = mask if isinstance(mask, KeyPadding) else KeyPadding(None, causal, q_len)
         return _flex(query, key, value, kp.block_mask(p_len, prefix_mask, bsz, query.device), scaling), None
