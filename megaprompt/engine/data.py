@@ -98,9 +98,11 @@ def train_loader(splits: EncodedSplit | Sequence[EncodedSplit], stream: Any, sta
     memory."""
     gpu = device.type == "cuda"
     splits = [splits] if isinstance(splits, EncodedSplit) else list(splits)
+    # Its own generator: starting an iterator draws a base seed, and from the global RNG that draw would shift
+    # every later dropout mask of a resumed run (restored RNG + one draw) against the uninterrupted one.
     return torch.utils.data.DataLoader(_Batches(splits, pad_id), batch_sampler=StepBatches(stream, start_step, end_step),
                                        collate_fn=_identity, num_workers=2 if gpu else 0, pin_memory=gpu,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
 def _identity(batch: Any) -> Any:
