@@ -5,7 +5,7 @@
     python benchmarks/replicate.py --quick             # CB + SST-2, ft/lester/pt2, 1 seed: < 15 min on 2 cores
     python benchmarks/replicate.py --report_only       # rewrite replicate.{json,md,png} from finished cells
 
-Rows: ft, lester, pt2, pt2+MLP, pt2 top/bottom half of the layers, MPT-2 (pending multi-task training), the
+Rows: ft, lester, pt2, pt2+MLP, pt2 top/bottom half of the layers, MPT-2 (a multi-task stage, then per-task continuation), the
 verbalizer head (only where the backbone has a pretrained MLM head). Columns: RTE, CB, COPA, WSC, SST-2,
 CoNLL-2003, CoNLL-2004, SQuAD v1.1. Each cell (task x row x configuration x seed) is a run directory under
 ``<results>/runs/``; finished cells are skipped, so repeated invocations fill the table and an interrupted
@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from replicate_lib import report, splits  # noqa: E402
-from replicate_lib.cells import Cell, Context, Waiting, plan, run_cell  # noqa: E402
+from replicate_lib.cells import Cell, Context, Waiting, load_ledger, plan, run_cell  # noqa: E402
 from replicate_lib.specs import FULL_SEARCH, QUICK_SEARCH, QUICK_TASKS, ROWS, TASKS, quick  # noqa: E402
 
 log = logging.getLogger("replicate")
+STEM = "replicate"          # <results>/replicate.{json,md,png} and replicate_cells.json (the ledger)
 CHEAP = ("sst2", "rte", "cb", "copa", "wsc")
 MAIN_ROWS = ("ft", "lester", "pt2")
 ABLATIONS = ("pt2_mlp", "pt2_top", "pt2_bottom", "verbalizer", "mpt2")
@@ -94,27 +95,33 @@ def _has_pretrained_mlm(backbone: str) -> bool:
 
 
 def build_context(ns: argparse.Namespace) -> Context:
+    """Every task of the mode whose data is present (``--tasks`` only narrows what runs, never what the report
+    keeps); a requested task without data is an error."""
     from megaprompt.backbones.load import load_config
     data_dir = Path(ns.data_dir)
-    task_names = _names(ns.tasks, TASKS, QUICK_TASKS if ns.quick else tuple(TASKS), "tasks")   # names first
+    wanted = _names(ns.tasks, TASKS, (), "tasks")       # names first
+    _names(ns.rows, ROWS, (), "rows")
     if not data_dir.is_dir():
         raise ValueError(f"--data_dir {data_dir}: no such folder (expected the layout of ../shared/data)")
-    results = Path(ns.results) / ("quick" if ns.quick else "")
-    specs = {t: quick(TASKS[t]) if ns.quick else TASKS[t] for t in task_names}
+    results = Path(ns.results).resolve() / ("quick" if ns.quick else "")     # one spelling: the ledger keys
+    for t in wanted:
+        if not (data_dir / TASKS[t].src).is_dir():
+            raise ValueError(f"--data_dir {data_dir}: no {TASKS[t].src}/ for task {t}")
+    names = [t for t in TASKS if t in wanted or (t in (QUICK_TASKS if ns.quick else TASKS)
+                                                 and (data_dir / TASKS[t].src).is_dir())]
+    specs = {t: quick(TASKS[t]) if ns.quick else TASKS[t] for t in names}
     if ns.train_n >= 0 or ns.epochs > 0:
         from dataclasses import replace
         specs = {t: replace(s, train_n=s.train_n if ns.train_n < 0 else ns.train_n, epochs=ns.epochs or s.epochs)
                  for t, s in specs.items()}
-    data = {}
-    for t, s in specs.items():
-        if not (data_dir / s.src).is_dir():
-            raise ValueError(f"--data_dir {data_dir}: no {s.src}/ for task {t}")
-        data[t] = splits.derive(s.fmt, data_dir / s.src, results / "data" / t, s.sel_n, s.train_n, s.eval_n)
+    data = {t: splits.derive(s.fmt, data_dir / s.src, results / "data" / t, s.sel_n, s.train_n, s.eval_n)
+            for t, s in specs.items()}
     seeds = tuple(int(x) for x in ns.seeds.split(",") if x) or ((1,) if ns.quick else (1, 2, 3))
     return Context(results=results, data=data, tasks=specs, backbone=ns.backbone,
                    n_layers=load_config(ns.backbone).num_hidden_layers, has_mlm=_has_pretrained_mlm(ns.backbone),
                    seeds=seeds, search=_search(ns), executor=ns.executor,
-                   ranks=ns.ranks, master_port=ns.master_port, slurm_args=ns.slurm_args)
+                   ranks=ns.ranks, master_port=ns.master_port, slurm_args=ns.slurm_args,
+                   ledger=load_ledger(results / f"{STEM}_cells.json"))
 
 
 def _search(ns: argparse.Namespace) -> dict[str, tuple[dict[str, str], ...]]:
@@ -125,7 +132,8 @@ def _search(ns: argparse.Namespace) -> dict[str, tuple[dict[str, str], ...]]:
 
 
 def _order(ns: argparse.Namespace) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-    rows = _names(ns.rows, ROWS, MAIN_ROWS if ns.quick else tuple(ROWS), "rows")
+    """The report's plan: every row of the mode (``--rows`` may add rows; it narrows only what runs)."""
+    rows = set(MAIN_ROWS if ns.quick else ROWS) | set(_names(ns.rows, ROWS, (), "rows"))
     return [(tasks, tuple(r for r in group if r in rows)) for tasks, group in ORDER]
 
 
@@ -147,12 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = build_context(ns)
         order = _order(ns)
+        run_tasks = _names(ns.tasks, TASKS, tuple(ctx.tasks), "tasks")
+        run_rows = _names(ns.rows, ROWS, MAIN_ROWS if ns.quick else tuple(ROWS), "rows")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     t0, ran, failed = time.monotonic(), 0, set()
     while not (ns.plan or ns.report_only):
         todo = [e for e in plan(ctx, order) if isinstance(e, Cell) and not e.finished
+                and (e.task in run_tasks or e.stage == "multi") and e.row in run_rows
                 and str(e.run_dir) not in failed]
         if not todo or (ns.max_cells and ran >= ns.max_cells) or \
                 (ns.stop_after_min and time.monotonic() - t0 > 60 * ns.stop_after_min):
@@ -169,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             failed.add(str(cell.run_dir))
             continue
         ran += 1
-        spec = ctx.tasks[cell.task]
-        log.info("  -> official %s %.2f (selection dev %.2f), %.0f s", spec.metric,
-                 rec["official_dev"][spec.metric], rec["select_dev"][spec.metric],
-                 rec["wall_train_s"] + rec["wall_predict_s"])
-        report.write(ctx, plan(ctx, order), ctx.results, "replicate", _header(ctx, ns))
+        if cell.task in ctx.tasks:
+            metric = ctx.tasks[cell.task].metric
+            log.info("  -> official %s %.2f (selection dev %.2f), %.0f s", metric, rec["official_dev"][metric],
+                     rec["select_dev"][metric], rec["wall_train_s"] + rec["wall_predict_s"])
+        else:                         # MPT-2's multi-task stage
+            log.info("  -> multi-task selection dev mean %.2f, %.0f s", rec["select_dev"]["mean"], rec["wall_train_s"])
+        report.write(ctx, plan(ctx, order), ctx.results, STEM, _header(ctx, ns))
     entries = plan(ctx, order)
     if ns.plan:
         for e in entries:
@@ -184,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = ",".join(f"{k}={v}" for k, v in e.params.items())
                 print(f"{state:9s} {e.task:8s} {e.row:11s} {e.stage:6s} seed={e.seed} {cfg}  {e.run_dir}")
         return 0
-    report.write(ctx, entries, ctx.results, "replicate", _header(ctx, ns))
+    report.write(ctx, entries, ctx.results, STEM, _header(ctx, ns))
     log.info("wrote %s/replicate.{json,md,png}; %d cells run now, %d failed or submitted", ctx.results, ran,
              len(failed))
     return 1 if failed and ctx.executor != "slurm" else 0

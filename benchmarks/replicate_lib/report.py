@@ -13,14 +13,8 @@ from typing import Any
 
 from megaprompt.files import atomic_write_text
 
-from .cells import Cell, Context, Waiting, chosen
+from .cells import Cell, Context, Waiting, chosen, portable
 from .specs import PAPER, ROWS, TASKS
-
-
-def _portable(text: str) -> str:
-    """Paths written relative to the repository root (the committed files must not name this machine)."""
-    root = Path(__file__).resolve().parents[2]
-    return text.replace(f"{root}/", "").replace(f"{root.parent}/", "../")
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -30,14 +24,17 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 def summarise(ctx: Context, entries: list[Cell | Waiting]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(table, every finished cell's record)."""
+    """(table, every finished cell's record). Ledger records outside this plan (other tasks or rows, a changed
+    spec) are carried over unchanged, so an invocation on a subset never drops finished cells."""
     cells = [e for e in entries if isinstance(e, Cell)]
-    records = [c.result() | {"run_dir": str(c.run_dir)} for c in cells if c.finished]
+    records = [c.result() | {"run_dir": portable(str(c.run_dir))} for c in cells if c.finished]
+    have = {r["run_dir"] for r in records}
+    records += [r for key, r in ctx.ledger.items() if key not in have]
     table: dict[str, Any] = {}
     for task in ctx.tasks:
         spec = ctx.tasks[task]
         for name, row in ROWS.items():
-            pick = chosen(ctx, task, row) if not row.pending else None
+            pick = chosen(ctx, task, row)
             done = [c.result() for c in cells if c.task == task and c.row == name and c.params == pick
                     and c.finished]
             if not pick or not done:
@@ -76,12 +73,10 @@ def _majority(task: str, data: dict[str, Any]) -> str:
 
 
 def _placeholder(ctx: Context, name: str, task: str) -> str:
-    """What an empty table cell says: pending (a feature not built yet), n/a (cannot run here), or – (not run)."""
+    """What an empty table cell says: n/a (cannot run here) or – (not run)."""
     row = ROWS[name]
     if row.tasks and task not in row.tasks:
         return "–"
-    if row.pending:
-        return "pending"
     return "n/a" if row.needs_mlm and not ctx.has_mlm else "–"
 
 
@@ -122,11 +117,12 @@ def markdown(ctx: Context, table: dict[str, Any], records: list[dict[str, Any]],
     lines += ["", "## Every finished cell (selection dev = best step on the carved split; official = predict)", "",
               "| task | row | stage | config | seed | selection dev | official dev | train s | predict s |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        m = TASKS[r["task"]].metric
+    for r in records:      # MPT-2's multi-task stage: the mean of its tasks' selection metrics, no official run
+        m = TASKS[r["task"]].metric if r["task"] in TASKS else "mean"
         cfg = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        official = f"{r['official_dev'][m]:.1f}" if m in r["official_dev"] else "–"
         lines.append(f"| {r['task']} | {r['row']} | {r['stage']} | {cfg} | {r['seed']} | "
-                     f"{r['select_dev'][m]:.1f} | {r['official_dev'][m]:.1f} | {r['wall_train_s']:.0f} | "
+                     f"{r['select_dev'][m]:.1f} | {official} | {r['wall_train_s']:.0f} | "
                      f"{r['wall_predict_s']:.0f} |")
     total = sum(r["wall_train_s"] + r["wall_predict_s"] for r in records)
     lines += ["", f"{len(records)} cells, {total / 60:.1f} min of cell wall time in all."]
@@ -159,9 +155,9 @@ def plot(table: dict[str, Any], path: Path) -> None:
 def write(ctx: Context, entries: list[Cell | Waiting], out: Path, stem: str, header: str) -> dict[str, Any]:
     table, records = summarise(ctx, entries)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{stem}.json", _portable(json.dumps(table, indent=1)) + "\n")
-    atomic_write_text(out / f"{stem}_cells.json", _portable(json.dumps(records, indent=1)) + "\n")
-    atomic_write_text(out / f"{stem}.md", _portable(markdown(ctx, table, records, entries, header)))
+    atomic_write_text(out / f"{stem}.json", portable(json.dumps(table, indent=1)) + "\n")
+    atomic_write_text(out / f"{stem}_cells.json", portable(json.dumps(records, indent=1)) + "\n")
+    atomic_write_text(out / f"{stem}.md", portable(markdown(ctx, table, records, entries, header)))
     if table:
         plot(table, out / f"{stem}.png")
     return table

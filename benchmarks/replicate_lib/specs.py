@@ -64,12 +64,11 @@ class Row:
     flags: dict[str, str]
     search: tuple[dict[str, str], ...] = ()
     inherit: str = ""
-    pending: str = ""        # not runnable yet: why (shown in the plan and the table)
     needs_mlm: bool = False
     tasks: tuple[str, ...] = field(default=())   # () = every task
 
     def __post_init__(self) -> None:
-        if bool(self.search) == bool(self.inherit) and not self.pending:
+        if bool(self.search) == bool(self.inherit):
             raise ValueError(f"row {self.name}: give exactly one of search and inherit")
 
 
@@ -82,9 +81,11 @@ FULL_SEARCH = {"lester": PROMPT_SEARCH_FULL, "pt2": PROMPT_SEARCH_FULL}
 QUICK_SEARCH = {"ft": ({"lr": "5e-5"},), "lester": ({"lr": "3e-2", "prompt_len": "16"},),
                 "pt2": ({"lr": "3e-2", "prompt_len": "16"},)}
 
-# Multi-task P-Tuning v2 (the paper's MPT-2): a shared prompt trained on several tasks at once, then a
-# per-task continuation from its export. Runs once the trainer has ``--init_from`` (``cells.mpt2_cells``).
+# Multi-task P-Tuning v2 (the paper's MPT-2): per seed, one shared prompt with a head per task trained on the
+# union of these tasks' training sets (the "multi" stage, as many steps as their single-task runs together),
+# then each task continues single-task from that export with its own pt2 budget (``cells.plan_row``).
 MPT2_TASKS = ("rte", "cb", "copa", "wsc")
+MULTI = "multi"          # the pseudo-task name of the multi-task stage's cells
 
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ft", "fine-tuning (ft)", {"method": "ft"}, search=FT_SEARCH),
@@ -95,8 +96,7 @@ ROWS: dict[str, Row] = {r.name: r for r in (
         inherit="pt2"),
     Row("pt2_bottom", "pt2, prompts in the bottom half", {"method": "pt2", "prompt_layers": "first:{half}"},
         inherit="pt2"),
-    Row("mpt2", "multi-task pt2 (MPT-2)", {"method": "pt2"}, inherit="pt2", tasks=MPT2_TASKS,
-        pending="pending multi-task training (issue 12: --task a,b --data_dir a=P,b=Q, then --init_from EXPORT)"),
+    Row("mpt2", "multi-task pt2 (MPT-2)", {"method": "pt2"}, inherit="pt2", tasks=MPT2_TASKS),
     Row("verbalizer", "pt2 + verbalizer head", {"method": "pt2", "head_type": "verbalizer"}, inherit="pt2",
         needs_mlm=True, tasks=("rte", "cb", "wsc", "sst2")),
 )}

@@ -115,7 +115,38 @@ def test_rows_that_cannot_run_say_why(tmp_path):
     [verb] = plan_row(ctx, "sst2", ROWS["verbalizer"])
     assert isinstance(verb, Waiting) and "no pretrained MLM head" in verb.why
     [mpt] = plan_row(ctx, "rte", ROWS["mpt2"])
-    assert isinstance(mpt, Waiting) and "multi-task" in mpt.why
+    assert isinstance(mpt, Waiting) and "pt2's selection on rte, cb, copa, wsc" in mpt.why
+    ctx.tasks = {t: TASKS[t] for t in ("rte", "sst2")}
+    [mpt] = plan_row(ctx, "rte", ROWS["mpt2"])
+    assert isinstance(mpt, Waiting) and "at least two" in mpt.why
+
+
+def test_mpt2_plans_one_multi_task_stage_per_seed_then_continues_each_task_from_its_export(tmp_path):
+    from replicate_lib.cells import plan, train_flags
+    ctx = _ctx(tmp_path)
+    for t, n in zip(("rte", "cb", "copa", "wsc"), (400, 200, 320, 454)):
+        ctx.data[t] = ctx.data[t] | {"train": n, "select_dir": f"S/{t}"}
+    # pt2's choice: lr 3e-2 on rte and cb, 1e-2 on copa and wsc -> a tie, so the earliest task's (rte) is shared
+    for t, best in (("rte", 1), ("cb", 1), ("copa", 0), ("wsc", 0)):
+        for i, cell in enumerate(c for c in plan_row(ctx, t, ROWS["pt2"]) if isinstance(c, Cell)):
+            _finish(cell, 70.0 if i == best else 60.0)
+    entries = plan(ctx, [(("rte", "cb", "copa", "wsc"), ("mpt2",))])
+    multi = [e for e in entries if isinstance(e, Cell)]
+    assert [(c.task, c.stage, c.seed, c.params) for c in multi] == [
+        ("multi", "multi", s, {"lr": "3e-2", "prompt_len": "16"}) for s in (1, 2, 3)]      # once, not per task
+    flags = train_flags(ctx, multi[0])
+    assert flags["task"] == "rte,cb,copa,wsc" and flags["data_dir"] == "rte=S/rte,cb=S/cb,copa=S/copa,wsc=S/wsc"
+    assert flags["task_settings"] == "rte:max_seq_len=128;cb:max_seq_len=128;copa:max_seq_len=48;wsc:max_seq_len=64"
+    # as many steps as the four pt2 cells together: 400/16*1 + 200/16*2 + 320/16*2 + 454/16*1, each rounded up
+    assert flags["max_steps"] == str(25 + 25 + 40 + 29) and flags["mixing"] == "proportional"
+    _finish(multi[0], 65.0)
+    [done, cont, wait2, wait3] = plan_row(ctx, "copa", ROWS["mpt2"])
+    assert (cont.stage, cont.seed, cont.params) == ("final", 1, {"lr": "1e-2", "prompt_len": "16"})   # copa's lr
+    assert [(c.stage, c.seed, c.finished) for c in (done, wait2, wait3)] == [
+        ("multi", 1, True), ("multi", 2, False), ("multi", 3, False)]
+    cflags = train_flags(ctx, cont)
+    assert cflags["init_from"] == str(multi[0].run_dir / "export") and cflags["reparam"] == "none"
+    assert cflags["task"] == "copa" and cflags["data_dir"] == "S/copa" and cont.run_dir.parts[-3:-1] == ("copa", "mpt2")
 
 
 @needs_data
@@ -133,10 +164,11 @@ def test_bad_task_is_one_line_exit_2(tmp_path):
 
 
 @needs_data
-def test_one_real_cell_reports_the_official_dev_and_is_skipped_when_done(tmp_path):
-    args = [*SCRIPT, "--quick", "--tasks", "cb", "--rows", "pt2", "--train_n", "32", "--epochs", "1",
+def test_real_cells_report_the_official_dev_run_mpt2_and_are_skipped_when_done(tmp_path):
+    """pt2 on 32 CB and 32 RTE examples, then MPT-2: a multi-task stage on both, continued on each."""
+    args = [*SCRIPT, "--quick", "--tasks", "cb,rte", "--rows", "pt2,mpt2", "--train_n", "32", "--epochs", "1",
             "--results", str(tmp_path)]
-    subprocess.run(args, check=True, capture_output=True, text=True, timeout=900)
+    subprocess.run(args, check=True, capture_output=True, text=True, timeout=1200)
     table = json.loads((tmp_path / "quick" / "replicate.json").read_text())
     entry = table["cb"]["pt2"]
     [run] = list((tmp_path / "quick" / "runs" / "cb" / "pt2").glob("*,seed=1"))
@@ -151,6 +183,52 @@ def test_one_real_cell_reports_the_official_dev_and_is_skipped_when_done(tmp_pat
     assert record["wall_train_s"] > 0 and record["wall_predict_s"] > 0
     assert (tmp_path / "quick" / "replicate.png").stat().st_size > 0
     assert "| P-Tuning v2 (pt2) |" in (tmp_path / "quick" / "replicate.md").read_text()
+    # MPT-2: one multi-task run (both tasks' heads, the mean selection metric), then each task continued from it
+    [multi] = list((tmp_path / "quick" / "runs" / "multi" / "mpt2").glob("*,seed=1"))
+    mrec = json.loads((multi / CELL_JSON).read_text())
+    assert mrec["flags"]["task"] == "rte,cb" and "mean" in mrec["select_dev"] and mrec["steps"] == 4
+    assert {p.name for p in (multi / "export" / "heads").glob("*.json")} == {"rte.json", "cb.json"}
+    for task, n in (("cb", 56), ("rte", 277)):
+        [cont] = list((tmp_path / "quick" / "runs" / task / "mpt2").glob("*,seed=1"))
+        crec = json.loads((cont / CELL_JSON).read_text())
+        assert crec["flags"]["init_from"] == f"{multi}/export" and crec["official_examples"] == n
+        assert table[task]["mpt2"]["seeds"] == [pytest.approx(crec["official_dev"]["accuracy"], abs=0.01)]
+    ledger = json.loads((tmp_path / "quick" / "replicate_cells.json").read_text())
+    assert sorted((r["task"], r["row"]) for r in ledger) == [("cb", "mpt2"), ("cb", "pt2"), ("multi", "mpt2"),
+                                                             ("rte", "mpt2"), ("rte", "pt2")]
     stamp = (run / CELL_JSON).stat().st_mtime_ns
     again = subprocess.run(args, check=True, capture_output=True, text=True, timeout=300)
     assert "0 cells run now" in again.stderr and (run / CELL_JSON).stat().st_mtime_ns == stamp
+
+
+def _record(ctx: Context, cell: Cell, select: float, official: float) -> dict:
+    from replicate_lib.cells import portable, train_flags
+    return {"task": cell.task, "row": cell.row, "stage": cell.stage, "seed": cell.seed, "params": cell.params,
+            "flags": json.loads(portable(json.dumps(train_flags(ctx, cell)))),
+            "select_dev": {"accuracy": select}, "official_dev": {"accuracy": official}, "official_examples": 277,
+            "wall_train_s": 1.0, "wall_predict_s": 1.0, "run_dir": portable(str(cell.run_dir))}
+
+
+def test_the_committed_ledger_stands_in_for_missing_run_dirs_and_is_never_rewritten_smaller(tmp_path):
+    """A fresh clone has replicate_cells.json but no run dirs: its cells count as finished (same flags only),
+    selection reads their selection-dev metric, and a report over a subset keeps every other record."""
+    from replicate_lib import report
+    from replicate_lib.cells import load_ledger, plan
+    ctx = _ctx(tmp_path)
+    search = [c for c in plan_row(ctx, "rte", ROWS["pt2"]) if isinstance(c, Cell)]
+    other = Cell("cb", "ft", {"lr": "2e-5"}, 1, "search", tmp_path / "runs" / "cb" / "ft" / "lr=2e-5,seed=1")
+    records = [_record(ctx, search[0], 55.0, 52.0), _record(ctx, search[1], 61.0, 58.0), _record(ctx, other, 70, 68)]
+    records[0] = records[0] | {"flags": records[0]["flags"] | {"max_seq_len": "999"}}   # trained differently
+    (tmp_path / "replicate_cells.json").write_text(json.dumps(records))
+    ctx.ledger = load_ledger(tmp_path / "replicate_cells.json")
+    cells = [c for c in plan_row(ctx, "rte", ROWS["pt2"]) if isinstance(c, Cell)]
+    assert [c.finished for c in cells] == [False, True] and chosen(ctx, "rte", ROWS["pt2"]) is None
+    # the stale record is replaced once its cell reruns; then the choice is the better selection-dev config
+    _finish(cells[0], 50.0)
+    (cells[0].run_dir / CELL_JSON).write_text(json.dumps(_record(ctx, cells[0], 50.0, 49.0)))
+    assert chosen(ctx, "rte", ROWS["pt2"]) == cells[1].params
+    ctx.tasks = {"rte": TASKS["rte"]}        # a report over RTE only keeps CB's finished cell
+    table, kept = report.summarise(ctx, plan(ctx, [(("rte",), ("pt2",))]))
+    assert {(r["task"], r["params"].get("lr"), r["official_dev"]["accuracy"]) for r in kept} == {
+        ("rte", "1e-2", 49.0), ("rte", "3e-2", 58.0), ("cb", "2e-5", 68)}
+    assert table["rte"]["pt2"]["seeds"] == [58.0]
