@@ -28,10 +28,15 @@ def env() -> dict[str, str]:
 
 
 def launch(args: list[str], nproc: int = 2, script: Path = TRAIN, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``deepspeed --num_gpus N script args`` - exactly what users type; fails the test with the log on error."""
+    """``deepspeed --num_gpus N script args`` - exactly what users type. A run that exits cleanly must leave
+    none of DeepSpeed's CPU all-reduce segments in /dev/shm (RAM) behind (``distributed.unlink_shm_segment``)."""
+    port = free_port()
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
-           "--master_port", str(free_port()), str(script), *args]
+           "--master_port", str(port), str(script), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    left = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    if proc.returncode == 0 and left:
+        pytest.fail(f"the run left shared-memory segments behind: {left}")
     return proc
 
 
