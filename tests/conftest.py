@@ -145,21 +145,6 @@ class HiddenCapture:
         self.handle.remove()
 
 
-@pytest.fixture
-def capture_hidden():
-    """``capture_hidden(module)`` -> a ``HiddenCapture``; hooks are removed after the test."""
-    made: list[HiddenCapture] = []
-
-    def make(module: torch.nn.Module) -> HiddenCapture:
-        cap = HiddenCapture(module)
-        made.append(cap)
-        return cap
-
-    yield make
-    for cap in made:
-        cap.remove()
-
-
 class PrefixCapture:
     """Records, per attention call, the prefix that layer read (``layer_prefix(module, kwargs)``): what the
     model really passed to the layers in that forward (an observer, not a stand-in)."""
@@ -189,16 +174,27 @@ class PrefixCapture:
             h.remove()
 
 
-@pytest.fixture
-def capture_prefix():
-    """``capture_prefix(backbone)`` -> a ``PrefixCapture``; hooks are removed after the test."""
-    made: list[PrefixCapture] = []
+def _observers(kind):
+    """A fixture body: ``make(module)`` -> a ``kind`` observer; every observer's hooks are removed after the
+    test, so a failing test never leaves hooks on a shared module."""
+    made: list = []
 
-    def make(backbone: torch.nn.Module) -> PrefixCapture:
-        cap = PrefixCapture(backbone)
-        made.append(cap)
-        return cap
+    def make(module: torch.nn.Module):
+        made.append(kind(module))
+        return made[-1]
 
     yield make
     for cap in made:
         cap.remove()
+
+
+@pytest.fixture
+def capture_hidden():
+    """``capture_hidden(module)`` -> a ``HiddenCapture``."""
+    yield from _observers(HiddenCapture)
+
+
+@pytest.fixture
+def capture_prefix():
+    """``capture_prefix(backbone)`` -> a ``PrefixCapture``."""
+    yield from _observers(PrefixCapture)
