@@ -192,23 +192,26 @@ def estimate_case(args: argparse.Namespace, method: str, world: int) -> dict:
             "reduce_bucket": w * setup.reduce_bucket_size if mc.facts.n_trainable else 0}
 
 
-def launch(args: argparse.Namespace, world: int, out_prefix: str) -> None:
-    env = dict(os.environ)
+def run_ranks(script: str, world: int, args: list[str], label: str, cpu: bool = False) -> None:
+    """``torch.distributed.run`` ``world`` worker processes of ``script args`` (the CPU accelerator when
+    ``cpu`` or without CUDA, one OpenMP thread per rank); their output is shown only if they fail.
+    Shared by memory_scale.py. ``MASTER_PORT`` overrides the pid-derived port."""
     import torch
 
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
+    env = dict(os.environ)
+    if cpu or not torch.cuda.is_available():
+        env["DS_ACCELERATOR"] = "cpu" if cpu else env.get("DS_ACCELERATOR", "cpu")
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env.setdefault("OMP_NUM_THREADS", "1")
+    port = int(os.environ.get("MASTER_PORT", 29500 + world + (os.getpid() % 200) * 3))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-           str(29500 + world + (os.getpid() % 200) * 3), __file__, "--worker", "--worker_out", out_prefix,
-           *[a for a in sys.argv[1:] if a not in ("--worker",)]]
+           str(port), script, "--worker", *args]
     t = time.time()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"world {world}: worker failed (exit {proc.returncode})")
-    print(f"[world {world}] {time.time() - t:.0f}s", file=sys.stderr)
+        raise SystemExit(f"{label}: worker failed (exit {proc.returncode})")
+    print(f"[{label}] {time.time() - t:.0f}s", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for world in worlds:
             prefix = os.path.join(tmp, f"w{world}")
-            launch(args, world, prefix)
+            run_ranks(__file__, world, ["--worker_out", prefix, *[a for a in sys.argv[1:] if a != "--worker"]],
+                      f"world {world}")
             ranks = [json.load(open(f"{prefix}.rank{r}.json")) for r in range(world)]
             for i, method in enumerate(methods):
                 est = estimate_case(args, method, world)

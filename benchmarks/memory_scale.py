@@ -23,11 +23,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from memory_check import run_ranks  # noqa: E402  (benchmarks/ is on sys.path: run as a script or via --scale)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -131,21 +132,6 @@ def estimate(args: argparse.Namespace, method: str) -> dict:
     return {"total": est.gpu_total, "components": dict(est.gpu)}
 
 
-def launch(args: argparse.Namespace, method: str, prefix: str) -> None:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    port = int(os.environ.get("MASTER_PORT", 29500 + os.getpid() % 300))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(Path(__file__).resolve()), "--worker", "--worker_out", prefix, "--method", method,
-           "--config_path", args.config_path, *args.passthrough]
-    t = time.time()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-        raise SystemExit(f"{method}: worker failed (exit {proc.returncode})")
-    print(f"[{method}] {time.time() - t:.0f}s", file=sys.stderr)
-
-
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default="pt2,ft")
@@ -188,7 +174,9 @@ def main(argv: list[str]) -> int:
         Path(args.config_path).write_text(json.dumps(llama_config(args)))
         for method in args.methods.split(","):
             prefix = os.path.join(tmp, "out")
-            launch(args, method, prefix)
+            run_ranks(str(Path(__file__).resolve()), 2, ["--worker_out", prefix, "--method", method,
+                                                        "--config_path", args.config_path, *args.passthrough],
+                      method, cpu=True)
             ranks = [json.load(open(f"{prefix}.{method}.rank{r}.json")) for r in range(2)]
             est = estimate(args, method)
             for rec in ranks:
