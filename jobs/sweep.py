@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import yaml
 
-from megaprompt.files import read_text
+from megaprompt.files import read_yaml
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+=,-]")
@@ -103,24 +102,9 @@ def load_grid_file(path: str | Path) -> dict[str, list[str]]:
     """Read a YAML grid: a mapping ``key: [values]`` (a scalar is a one-value list), optionally nested
     under a top-level ``grid:`` key. Key order is kept (it is the directory-name and index order).
     Every error names ``file:line``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--sweep_file {path}: no such file")
-    text = read_text(p)
-    try:
-        doc = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ValueError(f"{where}: invalid YAML ({' '.join(str(getattr(err, 'problem', err)).split())})") from None
-    if isinstance(doc, dict) and set(doc) == {"grid"}:
-        doc = doc["grid"]
-        node = node.value[0][1] if isinstance(node, yaml.MappingNode) else node
+    doc, lines = read_yaml(path, "--sweep_file", unwrap="grid")
     if not isinstance(doc, dict) or not doc:
         raise ValueError(f"{path}: expected a non-empty mapping of key -> list of values")
-    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) \
-        else {}
     grid: dict[str, list[str]] = {}
     for key, values in doc.items():
         where = f"{path}:{lines.get(str(key), '?')}"

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from megaprompt.cli import ArgumentParser, one_line
-from megaprompt.files import read_text
+from megaprompt.cli import ArgumentParser
+from megaprompt.files import read_yaml
 from megaprompt.options import GROUPS, FieldError, check_fields, help_text, opt
 from megaprompt.prompts.config import PromptConfig
 
@@ -323,34 +323,13 @@ def build_config(values: dict[str, Any]) -> RunConfig:
                      train=TrainConfig(**parts["train"]))
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Line (1-based) of every top-level key of a YAML mapping, for errors that name file:line."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    if not isinstance(node, yaml.MappingNode):
-        return {}
-    return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
-
-
 def load_recipe(path: str, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Flat key: value YAML; errors name file:line and the offending key. ``sources`` (optional) receives
     ``key -> "file:line"`` so later validation errors can name where a value came from."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--recipe {path}: no such file")
-    text = read_text(p)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}{line}: invalid YAML ({one_line(getattr(err, 'problem', err))})") from None
+    data, lines = read_yaml(path, "--recipe")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    lines = _key_lines(text)
     out = {}
     if "tasks" in data:
         where = f"{path}:{lines.get('tasks', '?')}"

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def _umask() -> int:
@@ -141,3 +141,27 @@ def read_text(path: str | os.PathLike) -> str:
 
 __all__ = ["atomic_dir_write", "atomic_write_text", "check_writable", "follow_umask", "make_temp_dir", "read_text",
            "repair_dir"]
+
+
+def read_yaml(path: str | os.PathLike, flag: str, unwrap: str | None = None) -> tuple[Any, dict[str, int]]:
+    """A YAML file (safe loader) and the 1-based line of each top-level key, for errors that name
+    ``file:line``. ``unwrap``: a document that is only ``{unwrap: X}`` gives X (and X's key lines). A missing
+    file or invalid YAML is a ValueError of one line (``flag`` names the option that gave the path)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: no such file")
+    text = read_text(p)
+    try:
+        doc = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: invalid YAML ({' '.join(str(getattr(err, 'problem', err)).split())})") from None
+    if unwrap and isinstance(doc, dict) and set(doc) == {unwrap} and isinstance(node, yaml.MappingNode):
+        doc, node = doc[unwrap], node.value[0][1]
+    lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value} if isinstance(node, yaml.MappingNode) \
+        else {}
+    return doc, lines
