@@ -170,22 +170,25 @@ def measure(model: nn.Module, batch_size: int, seq_len: int, dtype: str = "bf16"
         handles.append(layer.register_forward_hook(post, with_kwargs=True))
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        # Each storage counts once, in the layer running when autograd first saved it (or outside every layer):
+        # a weight's view (a transpose, a cast) is a saved weight; anything that is not a parameter is an
+        # activation. The parameters themselves are resident anyway and are not counted here.
         sid = _sid(t)
-        if sid in param_sids and t._cdata not in param_impls and sid not in weight_views:
-            weight_views.add(sid)
-            nbytes = t.untyped_storage().nbytes()
-            if current[0] >= 0:
-                prof.saved_weights[current[0]] += nbytes
-            else:
-                prof.saved_weights_outside += nbytes
-        if sid not in param_sids and sid not in seen:
+        if sid in param_sids:
+            if t._cdata not in param_impls and sid not in weight_views:
+                weight_views.add(sid)
+                _add(prof.saved_weights, "saved_weights_outside", t)
+        elif sid not in seen:
             seen.add(sid)
-            nbytes = t.untyped_storage().nbytes()
-            if current[0] >= 0:
-                prof.per_layer[current[0]] += nbytes
-            else:
-                prof.outside += nbytes
+            _add(prof.per_layer, "outside", t)
         return t
+
+    def _add(per_layer: list[int], outside: str, t: torch.Tensor) -> None:
+        nbytes = t.untyped_storage().nbytes()
+        if current[0] >= 0:
+            per_layer[current[0]] += nbytes
+        else:
+            setattr(prof, outside, getattr(prof, outside) + nbytes)
 
     spec = model.spec
     tokens = seq_len + sum(p.prompt_len for p in model.prompts.values() if getattr(p, "kind", "") == "input")
