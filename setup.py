@@ -27,6 +27,6 @@ setup(
         "megaprompt-predict=megaprompt.predict:main",
         "megaprompt-launch=megaprompt.launch:main",
         "megaprompt-param-ratio=megaprompt.costs.params:main",
-        "megaprompt-memory=megaprompt.costs.memory:main",
+        "megaprompt-memory=megaprompt.costs.cli:main",
     ]},
 )

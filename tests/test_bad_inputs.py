@@ -372,7 +372,7 @@ def entry(name: str) -> Callable[[list[str]], int]:
     elif name == "launch":
         from megaprompt.launch import main
     elif name == "memory":
-        from megaprompt.costs.memory import main
+        from megaprompt.costs.cli import main
     elif name == "param_ratio":
         from megaprompt.costs.params import main
     else:

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from megaprompt.costs.activations import measure
-from megaprompt.costs.memory import (CostInputError, MethodCosts, Setup, estimate, gpu_counts, main, min_gpus,
-                                     prepare)
+from megaprompt.costs.cli import main
+from megaprompt.costs.memory import CostInputError, MethodCosts, Setup, estimate, gpu_counts, min_gpus, prepare
 from megaprompt.costs.params import Backbone, ModelFacts, build_prompted, make_prompt_config
 
 GB = 10 ** 9
