@@ -18,7 +18,7 @@ import yaml
 from megaprompt.cli import ArgumentParser
 from megaprompt.files import read_yaml
 from megaprompt.options import GROUPS, FieldError, check_fields, help_text, opt
-from megaprompt.prompts.config import PromptConfig
+from megaprompt.prompts.config import PROMPT_KINDS, PromptConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 HEAD_TYPES = ("linear", "verbalizer")
@@ -235,7 +235,7 @@ class RunConfig:
                                           f"{', '.join(names)}")
         if self.train.prompt_sharing != "shared" and not self.prompt.has_prompt:
             raise FieldError("prompt_sharing", f"prompt_sharing={self.train.prompt_sharing!r} needs a prompt "
-                                               f"method (pt2, lester), not {self.prompt.method}")
+                                               f"method ({', '.join(PROMPT_KINDS)}), not {self.prompt.method}")
         if self.train.init_from and self.prompt.reparam != "none" and self.prompt.has_prompt:
             raise FieldError("init_from", "init_from loads materialised prompt tables: use --reparam none")
         if not self.train.output_dir:

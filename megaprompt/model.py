@@ -49,7 +49,7 @@ class PromptedModel(nn.Module):
         self.tasks: list[TaskSlot] = []
         self.routes: dict[str, list[str]] = {}
         self.prompts, self.heads = prompts, heads
-        if prompt_cfg.method == "pt2":
+        if prompt_cfg.kind == "prefix":
             self.adapter.install(backbone)
         for slot in tasks:
             self._register(slot, routes.get(slot.name, []))
@@ -183,10 +183,10 @@ class PromptedModel(nn.Module):
         routes = [self.routes[t.name] for t in self.tasks]
         n = input_ids.shape[0]
         n_prompt, prefix = 0, None
-        if self.prompt_cfg.method == "pt2":
+        if self.prompt_cfg.kind == "prefix":
             prefix = gather_prefix(self.prompts, routes, self.spec.num_layers, n, rows_ids, single, row_mask)
             inputs = self.adapter.model_inputs(attention_mask, input_ids=input_ids, token_type_ids=token_type_ids)
-        elif self.prompt_cfg.method == "lester":  # prepend to word embeddings: prompts take positions 0..P-1
+        elif self.prompt_cfg.kind == "input":  # prepend to word embeddings: prompts take positions 0..P-1
             embeds = self.backbone.get_input_embeddings()(input_ids)
             prompt = gather_input_prompt(self.prompts, routes, n, rows_ids, single).to(embeds.dtype)
             n_prompt = prompt.shape[1]

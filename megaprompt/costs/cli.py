@@ -159,9 +159,9 @@ def _fit_sentence(name: str, mc: MethodCosts, n: int | None, setup: Setup, gpu_g
         off.append("parameter")
     how = f"with {' and '.join(off)} offload" if off else "without offload"
     if n is None:
-        return (f"{METHOD_NAMES[mc.method]} of {name} ({size}) does not fit on any number of {gpu_gb:g} GiB GPUs "
+        return (f"{METHOD_NAMES.get(mc.method, mc.method)} of {name} ({size}) does not fit on any number of {gpu_gb:g} GiB GPUs "
                 f"at ZeRO-{setup.stage} {how}")
-    return (f"{METHOD_NAMES[mc.method]} of {name} ({size}) needs {n} x {gpu_gb:g} GiB GPU{'s' if n > 1 else ''} "
+    return (f"{METHOD_NAMES.get(mc.method, mc.method)} of {name} ({size}) needs {n} x {gpu_gb:g} GiB GPU{'s' if n > 1 else ''} "
             f"at ZeRO-{setup.stage} {how} (micro-batch {setup.batch_size} x {setup.seq_len} tokens)")
 
 

@@ -35,7 +35,7 @@ from megaprompt.errors import UserError
 from megaprompt.accounting import ParamCount, count_parameters, numel
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES
 from megaprompt.costs.presets import PRESETS, preset_names
-from megaprompt.prompts.config import METHODS, REPARAMS, PromptConfig
+from megaprompt.prompts.config import METHODS, PROMPT_KINDS, REPARAMS, PromptConfig
 
 RATIOS = (Fraction(1, 1000), Fraction(3, 100))   # the paper's "0.1%-3% of the parameters"
 
@@ -202,8 +202,8 @@ class Affine:
 
 def affine(bb: Backbone, method: str = "pt2", reparam: str = "none", mlp_hidden: int = 512,
            prompt_layers: str = "all", head_kind: str = "cls", num_labels: int = 2) -> Affine:
-    if method not in ("pt2", "lester"):
-        raise CostInputError(f"--table needs a prompt method (pt2 or lester), not {method!r}: "
+    if method not in PROMPT_KINDS:
+        raise CostInputError(f"--table needs a prompt method ({' or '.join(PROMPT_KINDS)}), not {method!r}: "
                              f"the trainable count of {method!r} does not depend on prompt_len")
     c1, c2 = (count(bb, method, p, reparam, mlp_hidden, prompt_layers, head_kind, num_labels) for p in (1, 2))
     if c1.frozen != c2.frozen:
@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             c = count(name, args.method, args.prompt_len, args.reparam, args.mlp_hidden, args.prompt_layers,
                       args.head, args.num_labels)
             rows.append({"backbone": name, "method": args.method,
-                         "prompt_len": args.prompt_len if args.method in ("pt2", "lester") else 0,
+                         "prompt_len": args.prompt_len if args.method in PROMPT_KINDS else 0,
                          "frozen_params": c.frozen, "trainable_params": c.trainable, "total_params": c.total,
                          "trainable_ratio": c.ratio})
     except CostInputError as err:

@@ -28,6 +28,7 @@ from megaprompt.files import check_writable
 from megaprompt.backbones import SUPPORTED_MODEL_TYPES, get_adapter
 from megaprompt.heads.verbalizer import resolve_label_words
 from megaprompt.prompts import parse_layers
+from megaprompt.prompts.config import PROMPT_KINDS
 from megaprompt.rundir import check_identity
 from megaprompt.tasks import get_task
 
@@ -61,9 +62,10 @@ def position_limit(config: Any) -> int | None:
 
 def check_positions(config: Any, backbone: str, max_seq_len: int, method: str, prompt_len: int) -> None:
     limit = position_limit(config)
-    need = max_seq_len + (prompt_len if method == "lester" else 0)
+    takes = PROMPT_KINDS.get(method) == "input"
+    need = max_seq_len + (prompt_len if takes else 0)
     if limit and need > limit:
-        extra = f" + prompt_len {prompt_len} (lester prompts take positions)" if method == "lester" else ""
+        extra = f" + prompt_len {prompt_len} ({method} prompts take positions)" if takes else ""
         raise RunError(f"max_seq_len {max_seq_len}{extra} = {need} exceeds {backbone}'s {limit} positions")
 
 
@@ -145,7 +147,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         own_len = t.task_prompt_len or p.prompt_len if t.prompt_sharing == "shared+task" else 0
         for e in entries:
             check_positions(hf_config, cfg.backbone, e.max_seq_len, p.method, p.prompt_len + own_len)
-        if p.method == "pt2":
+        if p.kind == "prefix":
             parse_layers(p.prompt_layers, hf_config.num_hidden_layers)
         tasks = []
         for e in entries:

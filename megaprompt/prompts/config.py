@@ -5,7 +5,11 @@ from dataclasses import dataclass
 
 from megaprompt.options import FieldError, check_fields, opt
 
-METHODS = ("pt2", "lester", "ft", "head")
+# The methods with a prompt, and where it enters the backbone: "prefix" = keys/values in the attention of the
+# chosen layers (no positions taken); "input" = embeddings prepended to the input (they take positions).
+# Adding a prompt method: its module (prompts/<method>.py), an entry here, a line in ``build_prompt``.
+PROMPT_KINDS = {"pt2": "prefix", "lester": "input"}
+METHODS = (*PROMPT_KINDS, "ft", "head")
 REPARAMS = ("none", "mlp")
 INITS = ("normal", "zero")
 
@@ -34,17 +38,22 @@ class PromptConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.prompt_len < (1 if self.method in ("pt2", "lester") else 0):
+        if self.prompt_len < (1 if self.has_prompt else 0):
             raise FieldError("prompt_len", f"prompt_len={self.prompt_len}: expected >= 1 for method {self.method}"
-                             if self.method in ("pt2", "lester") else f"prompt_len={self.prompt_len}: expected >= 0")
+                             if self.has_prompt else f"prompt_len={self.prompt_len}: expected >= 0")
         try:
             parse_layers(self.prompt_layers, None)  # syntax check now; range check once the depth is known
         except ValueError as err:
             raise FieldError("prompt_layers", str(err)) from None
 
     @property
+    def kind(self) -> str | None:
+        """"prefix", "input", or None (ft, head: no prompt)."""
+        return PROMPT_KINDS.get(self.method)
+
+    @property
     def has_prompt(self) -> bool:
-        return self.method in ("pt2", "lester")
+        return self.kind is not None
 
 
 def parse_layers(spec: str | list[int], num_layers: int | None) -> list[int]:
