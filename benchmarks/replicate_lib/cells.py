@@ -164,7 +164,7 @@ def plan_row(ctx: Context, task: str, row: Row) -> list[Cell | Waiting]:
             out.append(new_cell(ctx, task, row.name, params, ctx.seeds[0], "search"))
     pick = chosen(ctx, task, row)
     if row.name == "mpt2" and len(mpt2_tasks(ctx)) < 2:
-        return [Waiting(task, row.name, f"needs at least two of {', '.join(MPT2_TASKS)} in --tasks")]
+        return [Waiting(task, row.name, f"needs at least two of {', '.join(MPT2_TASKS)} among this run's tasks")]
     if pick is None:
         on = ", ".join(mpt2_tasks(ctx)) if row.name == "mpt2" else task
         who = f"waits for {row.inherit}'s" if row.inherit else f"other seeds wait for {row.name}'s"
