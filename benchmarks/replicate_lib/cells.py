@@ -198,6 +198,19 @@ def plan(ctx: Context, order: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> 
                     if isinstance(e, Waiting) or e.run_dir not in dirs:
                         out.append(e)
                         dirs.update([e.run_dir] if isinstance(e, Cell) else [])
+    return _defer_multi(out)
+
+
+def _defer_multi(out: list[Cell | Waiting]) -> list[Cell | Waiting]:
+    """An unfinished MPT-2 multi-task stage moves after every continuation the earlier seeds already allow, so
+    an interrupted table holds whole seeds (a multi-task run and its tasks' continuations) rather than three
+    multi-task runs and no continuation."""
+    for cell in [e for e in out if isinstance(e, Cell) and e.stage == "multi" and not e.finished]:
+        needed = [i for i, e in enumerate(out) if isinstance(e, Cell) and e.row == cell.row
+                  and e.stage in ("final", "multi") and e.seed < cell.seed]
+        if needed and needed[-1] > out.index(cell):
+            out.insert(needed[-1] + 1, cell)      # the later copy; the earlier one is removed next
+            out.pop(out.index(cell))
     return out
 
 

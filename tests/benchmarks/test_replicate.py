@@ -144,6 +144,9 @@ def test_mpt2_plans_one_multi_task_stage_per_seed_then_continues_each_task_from_
     assert (cont.stage, cont.seed, cont.params) == ("final", 1, {"lr": "1e-2", "prompt_len": "16"})   # copa's lr
     assert [(c.stage, c.seed, c.finished) for c in (done, wait2, wait3)] == [
         ("multi", 1, True), ("multi", 2, False), ("multi", 3, False)]
+    # with seed 1's multi-task stage done, its four continuations run before seeds 2 and 3 start theirs
+    order = [(c.task, c.seed) for c in plan(ctx, [(("rte", "cb", "copa", "wsc"), ("mpt2",))]) if not c.finished]
+    assert order == [("rte", 1), ("cb", 1), ("copa", 1), ("wsc", 1), ("multi", 2), ("multi", 3)]
     cflags = train_flags(ctx, cont)
     assert cflags["init_from"] == str(multi[0].run_dir / "export") and cflags["reparam"] == "none"
     assert cflags["task"] == "copa" and cflags["data_dir"] == "S/copa" and cont.run_dir.parts[-3:-1] == ("copa", "mpt2")
