@@ -170,10 +170,11 @@ def plan_row(ctx: Context, task: str, row: Row) -> list[Cell | Waiting]:
         who = f"waits for {row.inherit}'s" if row.inherit else f"other seeds wait for {row.name}'s"
         out.append(Waiting(task, row.name, f"{who} selection on {on}"))
         return out
+    shared = mpt2_shared(ctx) if row.name == "mpt2" else None    # not None here: pick needs it
     for s in (ctx.seeds if row.inherit else ctx.seeds[1:]):
         extra = {}
-        if row.name == "mpt2":       # the seed's multi-task stage first, then this task continues from it
-            multi = new_cell(ctx, MULTI, row.name, mpt2_shared(ctx) or {}, s, "multi")
+        if shared is not None:       # the seed's multi-task stage first, then this task continues from it
+            multi = new_cell(ctx, MULTI, row.name, shared, s, "multi")
             out.append(multi)        # planned (and reported) even when finished: plan() keeps it once
             if not multi.finished:
                 continue
@@ -206,11 +207,11 @@ def _defer_multi(out: list[Cell | Waiting]) -> list[Cell | Waiting]:
     an interrupted table holds whole seeds (a multi-task run and its tasks' continuations) rather than three
     multi-task runs and no continuation."""
     for cell in [e for e in out if isinstance(e, Cell) and e.stage == "multi" and not e.finished]:
-        needed = [i for i, e in enumerate(out) if isinstance(e, Cell) and e.row == cell.row
-                  and e.stage in ("final", "multi") and e.seed < cell.seed]
-        if needed and needed[-1] > out.index(cell):
-            out.insert(needed[-1] + 1, cell)      # the later copy; the earlier one is removed next
-            out.pop(out.index(cell))
+        at = out.index(cell)
+        out.pop(at)
+        earlier = [i for i, e in enumerate(out) if isinstance(e, Cell) and e.row == cell.row
+                   and e.stage in ("final", "multi") and e.seed < cell.seed]
+        out.insert(max(at, earlier[-1] + 1) if earlier else at, cell)
     return out
 
 
