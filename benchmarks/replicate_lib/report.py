@@ -51,12 +51,17 @@ def summarise(ctx: Context, entries: list[Cell | Waiting]) -> tuple[dict[str, An
     return table, records
 
 
+def _mean_std(stats: dict[str, Any]) -> str:
+    """"mean ± std", or the mean alone for one seed (a sample std needs two; the JSON keeps 0.0)."""
+    return f"{stats['mean']:.1f} ± {stats['std']:.1f}" if stats["n_seeds"] > 1 else f"{stats['mean']:.1f}"
+
+
 def _cell_text(entry: dict[str, Any] | None, extra: str | None) -> str:
     if not entry:
         return "–"
-    text = f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+    text = _mean_std(entry)
     if extra and extra in entry:
-        text += f" / {entry[extra]['mean']:.1f} ± {entry[extra]['std']:.1f}"
+        text += f" / {_mean_std(entry[extra])}"
     return text + f" ({entry['n_seeds']})"
 
 
@@ -102,7 +107,7 @@ def markdown(ctx: Context, table: dict[str, Any], records: list[dict[str, Any]],
         texts = []
         for t in tasks:
             e = table.get(t, {}).get(name)
-            ours = f"{e['mean']:.1f} ± {e['std']:.1f} [{e['n_seeds']}]" if e else _placeholder(ctx, name, t)
+            ours = f"{_mean_std(e)} [{e['n_seeds']}]" if e else _placeholder(ctx, name, t)
             paper = PAPER.get(t, {}).get(name)
             texts.append(f"{ours} / {paper}" if paper is not None else ours)
         lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
